@@ -1,0 +1,239 @@
+"""One collection cycle: due posts -> fetch -> validate -> decide -> write.
+
+The collector joins the pure parts (schedule, policy) to storage and a source. Its
+transaction boundary is the batch: a batch's snapshots and check rows are written in one
+transaction, so a check is never counted without its snapshot nor the reverse
+(DESIGN.md invariant 1). A rejected observation is left out of its batch and reported;
+the rest of the batch goes on, and nothing stored before is touched.
+"""
+
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from smart_retention import policy
+from smart_retention.observation import Observation, ObservationError, Rejection
+from smart_retention.policy import DEFAULT_PROFILE, Decision, Profile
+from smart_retention.schedule import DEFAULT_TIERS, Tier, due_windows
+from smart_retention.sources import Source
+from smart_retention.storage import repository
+from smart_retention.storage.repository import PostState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+# The report keeps this many rejection messages; the count is always complete.
+REJECTIONS_KEPT = 1000
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(slots=True)
+class BracketStats:
+    """Checks, saves and the retention error (observed views minus stored series)."""
+
+    checks: int = 0
+    saved: int = 0
+    error_checks: int = 0
+    error_sum: int = 0
+    error_max: int = 0
+
+    def add(self, stored: bool, views_error: int | None) -> None:
+        self.checks += 1
+        self.saved += stored
+        if views_error is not None:
+            self.error_checks += 1
+            self.error_sum += views_error
+            self.error_max = max(self.error_max, views_error)
+
+    def merge(self, other: "BracketStats") -> None:
+        self.checks += other.checks
+        self.saved += other.saved
+        self.error_checks += other.error_checks
+        self.error_sum += other.error_sum
+        self.error_max = max(self.error_max, other.error_max)
+
+    @property
+    def error_mean(self) -> float:
+        return self.error_sum / self.error_checks if self.error_checks else 0.0
+
+
+@dataclass(slots=True)
+class CollectionStats:
+    checks: int = 0
+    saved: int = 0
+    rejected: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    reasons: Tally[str] = field(default_factory=Tally)
+    by_bracket: dict[str, BracketStats] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        self.rejected += 1
+        if len(self.rejections) < REJECTIONS_KEPT:
+            self.rejections.append(rejection)
+
+    def record_check(self, decision: Decision, views_error: int | None) -> None:
+        self.checks += 1
+        self.saved += decision.store
+        self.reasons[decision.reason.value] += 1
+        bracket = self.by_bracket.setdefault(decision.bracket.name, BracketStats())
+        bracket.add(decision.store, views_error)
+
+    def merge(self, other: "CollectionStats") -> None:
+        self.checks += other.checks
+        self.saved += other.saved
+        self.batches += other.batches
+        self.seconds += other.seconds
+        self.reasons.update(other.reasons)
+        for name, stats in other.by_bracket.items():
+            self.by_bracket.setdefault(name, BracketStats()).merge(stats)
+        self.rejected += other.rejected
+        room = REJECTIONS_KEPT - len(self.rejections)
+        self.rejections.extend(other.rejections[:room])
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCheck:
+    decision: Decision
+    snapshot_row: dict[str, Any] | None
+    check_row: dict[str, Any]
+    views_error: int | None
+
+
+def plan_check(
+    observation: Observation, state: PostState | None, profile: Profile = DEFAULT_PROFILE
+) -> PlannedCheck:
+    """The decision for one observation and the rows that record it. Pure."""
+    now = observation.observed_at
+    counters = observation.counters
+    post_age = now - observation.posted_at
+    if state is None:
+        decision = policy.decide(counters, None, post_age, 0, None, profile)
+    else:
+        since_save = now - state.last_saved_at if state.last_saved_at is not None else None
+        decision = policy.decide(
+            counters,
+            state.last_stored,
+            post_age,
+            state.checks_since_save,
+            since_save,
+            profile,
+            state.policy_state,
+        )
+
+    key = {"channel_id": observation.key.channel_id, "msg_id": observation.key.msg_id}
+    snapshot_row = {**key, "snapshot_time": now, **counters._asdict()} if decision.store else None
+    changed = state is None or any(
+        seen is not None and seen != before
+        for seen, before in zip(counters, state.last_observed, strict=True)
+    )
+    check_row = {
+        **key,
+        "last_checked_at": now,
+        "last_changed_at": now if changed else state.last_changed_at,  # type: ignore[union-attr]
+        "last_saved_at": now if decision.store else state.last_saved_at,  # type: ignore[union-attr]
+        "check_count": 1,
+        "save_count": int(decision.store),
+        "checks_since_save": 0 if decision.store else state.checks_since_save + 1,  # type: ignore[union-attr]
+        "stable_since": None if decision.store else (state.stable_since or now),  # type: ignore[union-attr]
+        "post_age_hours": post_age.total_seconds() / SECONDS_PER_HOUR,
+        **{f"last_{name}": value for name, value in counters._asdict().items()},
+        "policy_state": decision.state,
+    }
+    return PlannedCheck(decision, snapshot_row, check_row, _views_error(counters.views, decision, state))
+
+
+def _views_error(observed: int | None, decision: Decision, state: PostState | None) -> int | None:
+    """How far the stored series is from what this check saw, in views."""
+    if observed is None:
+        return None
+    if decision.store:
+        return 0
+    stored = state.last_stored.views if state and state.last_stored else None
+    return abs(observed - stored) if stored is not None else None
+
+
+class Collector:
+    def __init__(
+        self,
+        engine: Engine,
+        source: Source,
+        *,
+        profile: Profile = DEFAULT_PROFILE,
+        tiers: Sequence[Tier] = DEFAULT_TIERS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.engine = engine
+        self.source = source
+        self.profile = profile
+        self.tiers = tuple(tiers)
+        self.batch_size = batch_size
+
+    def run_cycle(self, now: datetime, tier_names: Sequence[str] | None = None) -> CollectionStats:
+        """Register newly discovered posts, then check every due post, batch by batch."""
+        started = time.perf_counter()
+        stats = CollectionStats()
+        discovered = list(self.source.discover(now))
+        if discovered:
+            with self.engine.begin() as connection:
+                repository.register_posts(connection, discovered, now)
+        windows = due_windows(now, self.tiers, tier_names)
+        for due in repository.iter_due_posts(self.engine, windows, self.batch_size):
+            fetched = self.source.fetch([post.key for post in due], now)
+            batch = self.check(fetched.observations)
+            for rejection in fetched.rejections:
+                batch.record_rejection(rejection)
+            stats.merge(batch)
+        stats.seconds = time.perf_counter() - started
+        log.debug(
+            "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d seconds=%.3f",
+            now.isoformat(), len(discovered), stats.checks, stats.saved, stats.rejected,
+            stats.batches, stats.seconds,
+        )
+        return stats
+
+    def check(self, observations: Sequence[Observation]) -> CollectionStats:
+        """Decide and write one batch of observations (one per post) in one transaction."""
+        started = time.perf_counter()
+        stats = CollectionStats(batches=1)
+        snapshot_rows: list[dict[str, Any]] = []
+        check_rows: list[dict[str, Any]] = []
+        with self.engine.begin() as connection:
+            states = repository.load_post_states(connection, [o.key for o in observations])
+            for observation in observations:
+                state = states.get(observation.key)
+                if state is not None and observation.observed_at <= state.last_checked_at:
+                    stats.record_rejection(_out_of_order(observation, state))
+                    continue
+                planned = plan_check(observation, state, self.profile)
+                stats.record_check(planned.decision, planned.views_error)
+                if planned.snapshot_row is not None:
+                    snapshot_rows.append(planned.snapshot_row)
+                check_rows.append(planned.check_row)
+            repository.insert_snapshots(connection, snapshot_rows)
+            repository.upsert_checks(connection, check_rows)
+        stats.seconds = time.perf_counter() - started
+        log.debug(
+            "collect.batch checks=%d saved=%d rejected=%d seconds=%.3f",
+            stats.checks, stats.saved, stats.rejected, stats.seconds,
+        )
+        return stats
+
+
+def _out_of_order(observation: Observation, state: PostState) -> Rejection:
+    error = ObservationError(
+        "observed_at",
+        observation.observed_at.isoformat(),
+        f"is not after this post's last check at {state.last_checked_at.isoformat()}",
+        observation.key,
+    )
+    return Rejection.from_error(error)

@@ -1,0 +1,201 @@
+"""The validated observation: one reading of one post's counters at one moment.
+
+Everything that enters the collector, from a recorded file or from Telegram, passes
+through `build_observation`, so the rules for bad input live in one place: a counter is
+a non-negative integer that fits a signed 64-bit column, or unknown (None), never a
+guess; every timestamp carries a timezone and is converted to UTC.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+from smart_retention.errors import SmartRetentionError
+
+COUNTER_FIELDS = ("views", "forwards", "reactions", "replies")
+# post_metrics stores counters as BIGINT: the largest value both engines keep exactly.
+MAX_COUNTER = 2**63 - 1
+
+
+class PostKey(NamedTuple):
+    channel_id: int
+    msg_id: int
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}/{self.msg_id}"
+
+
+class Counters(NamedTuple):
+    """The four counters; None means unknown, which is not the same as zero."""
+
+    views: int | None = None
+    forwards: int | None = None
+    reactions: int | None = None
+    replies: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PostInfo:
+    """A post as a source announces it: enough to schedule its checks."""
+
+    key: PostKey
+    posted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    key: PostKey
+    posted_at: datetime
+    observed_at: datetime
+    counters: Counters
+
+
+class ObservationError(SmartRetentionError):
+    """One field of one observation is invalid. `post` is filled in once it is known."""
+
+    def __init__(
+        self, field: str, value: object, reason: str, post: PostKey | None = None
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        self.post = post
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        post = f"post {self.post}: " if self.post is not None else ""
+        return f"{post}field {self.field}: {self.value!r} {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A rejected input item, kept for the report: where it was and what was wrong."""
+
+    line: int | None
+    post: PostKey | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.message}"
+
+    @classmethod
+    def from_error(cls, error: ObservationError, line: int | None = None) -> "Rejection":
+        return cls(line=line, post=error.post, field=error.field, message=error.describe())
+
+
+def parse_counter(field: str, raw: object) -> int | None:
+    """A counter value from text or a number; empty or None is unknown."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise ObservationError(field, raw, "is a boolean, not a count")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ObservationError(field, raw, "is not a number")
+        if not raw.is_integer():
+            raise ObservationError(field, raw, "is fractional; a count is a whole number")
+        value = int(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        value = _parse_integer_text(field, text)
+    else:
+        raise ObservationError(field, raw, f"has unsupported type {type(raw).__name__}")
+    if value < 0:
+        raise ObservationError(field, raw, "is negative")
+    if value > MAX_COUNTER:
+        raise ObservationError(field, raw, "is larger than 2^63-1, the largest storable count")
+    return value
+
+
+def _parse_integer_text(field: str, text: str) -> int:
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    # Exports written through floating point say "12.0"; accept that, exactly, via Decimal.
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ObservationError(field, text, "is not a number") from None
+    if not number.is_finite():
+        raise ObservationError(field, text, "is not a number")
+    if number != number.to_integral_value():
+        raise ObservationError(field, text, "is fractional; a count is a whole number")
+    return int(number)
+
+
+def parse_timestamp(field: str, raw: object) -> datetime:
+    """A timezone-aware timestamp in UTC; a naive one is an error, never assumed UTC."""
+    if isinstance(raw, datetime):
+        moment = raw
+    elif isinstance(raw, str) and raw.strip():
+        try:
+            moment = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise ObservationError(field, raw, "is not an ISO-8601 timestamp") from None
+    elif raw is None or raw == "":
+        raise ObservationError(field, raw, "is missing")
+    else:
+        raise ObservationError(field, raw, "is not a timestamp")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ObservationError(field, raw, "has no timezone; give UTC explicitly, e.g. +00:00")
+    return moment.astimezone(UTC)
+
+
+def parse_id(field: str, raw: object) -> int:
+    """A channel or message id: a positive integer."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise ObservationError(field, raw, "is missing")
+    value = parse_counter(field, raw)
+    if value is None or value == 0:
+        raise ObservationError(field, raw, "must be a positive integer")
+    return value
+
+
+def build_observation(
+    fields: Mapping[str, object], *, not_after: datetime | None = None
+) -> Observation:
+    """Validate one observation given by canonical field name.
+
+    `not_after` is the latest acceptable `observed_at` (the collector's clock), so a
+    reading from the future is rejected; None skips that check, as replay does.
+    """
+    channel_id = _parse_channel_id(fields.get("channel_id"))
+    msg_id = parse_id("msg_id", fields.get("msg_id"))
+    key = PostKey(channel_id, msg_id)
+    try:
+        posted_at = parse_timestamp("posted_at", fields.get("posted_at"))
+        observed_at = parse_timestamp("observed_at", fields.get("observed_at"))
+        counters = Counters(*(parse_counter(name, fields.get(name)) for name in COUNTER_FIELDS))
+    except ObservationError as error:
+        error.post = key
+        raise
+    if observed_at < posted_at:
+        raise ObservationError(
+            "observed_at", observed_at.isoformat(), f"is before posted_at {posted_at.isoformat()}", key
+        )
+    if not_after is not None and observed_at > not_after:
+        raise ObservationError(
+            "observed_at", observed_at.isoformat(), f"is in the future (now is {not_after.isoformat()})", key
+        )
+    return Observation(key=key, posted_at=posted_at, observed_at=observed_at, counters=counters)
+
+
+def _parse_channel_id(raw: object) -> int:
+    if isinstance(raw, str) and raw.strip().startswith("-100"):
+        raise ObservationError(
+            "channel_id", raw, "is a -100 prefixed peer id; give the bare channel id"
+        )
+    return parse_id("channel_id", raw)
+
+
+def utc_now() -> datetime:
+    """The wall clock, for the live collector only: pure modules take `now` as an argument."""
+    return datetime.now(UTC)

@@ -1,0 +1,219 @@
+"""Set-based reads and writes for the collector.
+
+Every function works on a whole batch with a fixed number of statements, whatever the
+batch size: one read of the check rows joined to their last stored snapshots, one
+multi-row insert of snapshots, one multi-row upsert of check rows. None of them commits.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from smart_retention.observation import Counters, PostInfo, PostKey
+from smart_retention.schedule import DueWindow
+from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
+
+COUNTER_NAMES = Counters._fields
+
+
+@dataclass(frozen=True, slots=True)
+class DuePost:
+    key: PostKey
+    posted_at: datetime
+    last_checked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PostState:
+    """What the collector knows of a post before this check."""
+
+    last_checked_at: datetime
+    last_changed_at: datetime
+    last_saved_at: datetime | None
+    checks_since_save: int
+    stable_since: datetime | None
+    last_observed: Counters
+    last_stored: Counters | None
+    policy_state: Any
+
+
+def dialect_insert(connection: Connection, table: Any) -> Insert:
+    """INSERT with the dialect's ON CONFLICT support (both engines have it)."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if connection.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database {connection.dialect.name!r} is not supported")
+
+
+def register_posts(connection: Connection, infos: Sequence[PostInfo], now: datetime) -> None:
+    """Insert channels and posts not seen before; known ones are left as they are."""
+    if not infos:
+        return
+    channel_ids = sorted({info.key.channel_id for info in infos})
+    connection.execute(
+        dialect_insert(connection, channels).on_conflict_do_nothing(),
+        [{"channel_id": channel_id, "created_at": now} for channel_id in channel_ids],
+    )
+    connection.execute(
+        dialect_insert(connection, posts).on_conflict_do_nothing(),
+        [
+            {"channel_id": i.key.channel_id, "msg_id": i.key.msg_id, "posted_at": i.posted_at}
+            for i in infos
+        ],
+    )
+
+
+def iter_due_posts(
+    engine: Engine, windows: Sequence[DueWindow], batch_size: int
+) -> Iterator[list[DuePost]]:
+    """Due posts in key order, a page at a time, each page read in its own short query.
+
+    Paging is by key (never OFFSET), so posts checked between pages do not shift it.
+    """
+    if not windows:
+        return
+    due_condition = or_(
+        *(
+            and_(
+                posts.c.posted_at > window.posted_after,
+                posts.c.posted_at <= window.posted_at_or_before,
+                or_(
+                    post_metrics_checks.c.last_checked_at.is_(None),
+                    post_metrics_checks.c.last_checked_at <= window.checked_at_or_before,
+                ),
+            )
+            for window in windows
+        )
+    )
+    query = (
+        select(
+            posts.c.channel_id,
+            posts.c.msg_id,
+            posts.c.posted_at,
+            post_metrics_checks.c.last_checked_at,
+        )
+        .select_from(posts.outerjoin(post_metrics_checks, _same_post(post_metrics_checks, posts)))
+        .where(due_condition, posts.c.deleted_at.is_(None))
+        .order_by(posts.c.channel_id, posts.c.msg_id)
+        .limit(batch_size)
+    )
+    after: PostKey | None = None
+    while True:
+        page_query = query
+        if after is not None:
+            page_query = query.where(
+                tuple_(posts.c.channel_id, posts.c.msg_id) > tuple_(*after)
+            )
+        with engine.connect() as connection:
+            rows = connection.execute(page_query).all()
+        if not rows:
+            return
+        yield [DuePost(PostKey(r.channel_id, r.msg_id), r.posted_at, r.last_checked_at) for r in rows]
+        if len(rows) < batch_size:
+            return
+        after = PostKey(rows[-1].channel_id, rows[-1].msg_id)
+
+
+def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[PostKey, PostState]:
+    """Check rows and last stored snapshots of `keys`, in one statement."""
+    if not keys:
+        return {}
+    checks, snapshot = post_metrics_checks, post_metrics
+    query = (
+        select(
+            checks,
+            *(snapshot.c[name].label(f"stored_{name}") for name in COUNTER_NAMES),
+            snapshot.c.snapshot_time,
+        )
+        .select_from(
+            checks.outerjoin(
+                snapshot,
+                and_(
+                    _same_post(snapshot, checks),
+                    snapshot.c.snapshot_time == checks.c.last_saved_at,
+                ),
+            )
+        )
+        .where(tuple_(checks.c.channel_id, checks.c.msg_id).in_([tuple(k) for k in keys]))
+    )
+    states = {}
+    for row in connection.execute(query).mappings():
+        stored = None
+        if row["snapshot_time"] is not None:
+            stored = Counters(*(row[f"stored_{name}"] for name in COUNTER_NAMES))
+        states[PostKey(row["channel_id"], row["msg_id"])] = PostState(
+            last_checked_at=row["last_checked_at"],
+            last_changed_at=row["last_changed_at"],
+            last_saved_at=row["last_saved_at"],
+            checks_since_save=row["checks_since_save"],
+            stable_since=row["stable_since"],
+            last_observed=Counters(*(row[f"last_{name}"] for name in COUNTER_NAMES)),
+            last_stored=stored,
+            policy_state=row["policy_state"],
+        )
+    return states
+
+
+def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        connection.execute(post_metrics.insert(), list(rows))
+
+
+def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert or update check rows.
+
+    Each row carries `check_count` 1 and `save_count` 0 or 1; on conflict they are added
+    to the stored counts in SQL rather than overwritten, so no increment is lost to a
+    concurrent writer.
+    """
+    if not rows:
+        return
+    statement = dialect_insert(connection, post_metrics_checks)
+    excluded = statement.excluded
+    table = post_metrics_checks
+    replaced = {
+        column.name: excluded[column.name]
+        for column in table.columns
+        if column.name not in ("channel_id", "msg_id", "check_count", "save_count")
+    }
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.channel_id, table.c.msg_id],
+        set_={
+            **replaced,
+            "check_count": table.c.check_count + excluded.check_count,
+            "save_count": table.c.save_count + excluded.save_count,
+        },
+    )
+    connection.execute(statement, list(rows))
+
+
+def channel_ids_present(connection: Connection, channel_ids: Iterable[int]) -> list[int]:
+    """Which of `channel_ids` already have posts in this database."""
+    ids = sorted(set(channel_ids))
+    if not ids:
+        return []
+    query = select(posts.c.channel_id).where(posts.c.channel_id.in_(ids)).distinct()
+    return sorted(connection.execute(query).scalars())
+
+
+def delete_channels(connection: Connection, channel_ids: Iterable[int]) -> None:
+    """Remove channels with everything stored for them (used by replay --replace)."""
+    ids = sorted(set(channel_ids))
+    if not ids:
+        return
+    for table in (post_metrics_checks, post_metrics, posts, channels):
+        connection.execute(table.delete().where(table.c.channel_id.in_(ids)))
+
+
+def count_rows(connection: Connection, table: Any) -> int:
+    return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def _same_post(left: Any, right: Any) -> Any:
+    return and_(left.c.channel_id == right.c.channel_id, left.c.msg_id == right.c.msg_id)

@@ -1,0 +1,99 @@
+"""The four tables. The schema itself is created by the Alembic migrations, never by
+`metadata.create_all`; these definitions are what the code queries and what
+autogenerate compares against."""
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+from smart_retention.storage.types import Counter, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+channels = Table(
+    "channels",
+    metadata,
+    # The bare Telegram channel id, not the -100 prefixed peer id.
+    Column("channel_id", Counter, primary_key=True, autoincrement=False),
+    Column("username", String(64)),
+    Column("title", String(255)),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+posts = Table(
+    "posts",
+    metadata,
+    Column("channel_id", Counter, primary_key=True, autoincrement=False),
+    Column("msg_id", Counter, primary_key=True, autoincrement=False),
+    Column("posted_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime),
+    ForeignKeyConstraint(["channel_id"], ["channels.channel_id"], ondelete="CASCADE"),
+    Index("ix_posts_posted_at", "posted_at"),
+)
+
+
+def _counter_columns(prefix: str = "") -> list[Column]:
+    return [Column(f"{prefix}{name}", Counter) for name in ("views", "forwards", "reactions", "replies")]
+
+
+def _non_negative(prefix: str = "") -> list[CheckConstraint]:
+    return [
+        CheckConstraint(f"{prefix}{name} >= 0", name=f"{prefix}{name}_non_negative")
+        for name in ("views", "forwards", "reactions", "replies")
+    ]
+
+
+post_metrics = Table(
+    "post_metrics",
+    metadata,
+    Column("channel_id", Counter, primary_key=True, autoincrement=False),
+    Column("msg_id", Counter, primary_key=True, autoincrement=False),
+    Column("snapshot_time", UTCDateTime, primary_key=True),
+    *_counter_columns(),
+    ForeignKeyConstraint(
+        ["channel_id", "msg_id"], ["posts.channel_id", "posts.msg_id"], ondelete="CASCADE"
+    ),
+    *_non_negative(),
+)
+
+post_metrics_checks = Table(
+    "post_metrics_checks",
+    metadata,
+    Column("channel_id", Counter, primary_key=True, autoincrement=False),
+    Column("msg_id", Counter, primary_key=True, autoincrement=False),
+    Column("last_checked_at", UTCDateTime, nullable=False),
+    Column("last_changed_at", UTCDateTime, nullable=False),
+    # Key of the last stored snapshot: reading it back is one primary-key lookup.
+    Column("last_saved_at", UTCDateTime),
+    Column("check_count", Integer, nullable=False),
+    Column("save_count", Integer, nullable=False),
+    Column("checks_since_save", Integer, nullable=False),
+    # Set at the first check that stored nothing after a save; cleared by the next save.
+    Column("stable_since", UTCDateTime),
+    Column("post_age_hours", Float, nullable=False),
+    # The last observed values: the live numbers, whatever was stored.
+    *_counter_columns("last_"),
+    # Per-post state of the retention rule; the default step rule keeps none.
+    Column("policy_state", JSON),
+    ForeignKeyConstraint(
+        ["channel_id", "msg_id"], ["posts.channel_id", "posts.msg_id"], ondelete="CASCADE"
+    ),
+    Index("ix_post_metrics_checks_last_checked_at", "last_checked_at"),
+)
