@@ -147,7 +147,9 @@ def plan_check(
         **{f"last_{name}": value for name, value in counters._asdict().items()},
         "policy_state": decision.state,
     }
-    return PlannedCheck(decision, snapshot_row, check_row, _views_error(counters.views, decision, state))
+    return PlannedCheck(
+        decision, snapshot_row, check_row, _views_error(counters.views, decision, state)
+    )
 
 
 def _views_error(observed: int | None, decision: Decision, state: PostState | None) -> int | None:
@@ -196,8 +198,13 @@ class Collector:
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d seconds=%.3f",
-            now.isoformat(), len(discovered), stats.checks, stats.saved, stats.rejected,
-            stats.batches, stats.seconds,
+            now.isoformat(),
+            len(discovered),
+            stats.checks,
+            stats.saved,
+            stats.rejected,
+            stats.batches,
+            stats.seconds,
         )
         return stats
 
@@ -224,7 +231,10 @@ class Collector:
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.batch checks=%d saved=%d rejected=%d seconds=%.3f",
-            stats.checks, stats.saved, stats.rejected, stats.seconds,
+            stats.checks,
+            stats.saved,
+            stats.rejected,
+            stats.seconds,
         )
         return stats
 

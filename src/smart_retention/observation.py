@@ -7,10 +7,11 @@ guess; every timestamp carries a timezone and is converted to UTC.
 """
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import NamedTuple
 
 from smart_retention.errors import SmartRetentionError
@@ -18,6 +19,10 @@ from smart_retention.errors import SmartRetentionError
 COUNTER_FIELDS = ("views", "forwards", "reactions", "replies")
 # post_metrics stores counters as BIGINT: the largest value both engines keep exactly.
 MAX_COUNTER = 2**63 - 1
+# Plain decimal notation; exponents ("1e9") are refused rather than expanded.
+_PLAIN_NUMBER = re.compile(r"(?P<whole>[+-]?[0-9]+)(?:\.(?P<fraction>[0-9]*))?")
+# Recordings repeat the same timestamps (one per poll, one per post) many times over.
+TIMESTAMP_CACHE_SIZE = 65_536
 
 
 class PostKey(NamedTuple):
@@ -56,9 +61,7 @@ class Observation:
 class ObservationError(SmartRetentionError):
     """One field of one observation is invalid. `post` is filled in once it is known."""
 
-    def __init__(
-        self, field: str, value: object, reason: str, post: PostKey | None = None
-    ) -> None:
+    def __init__(self, field: str, value: object, reason: str, post: PostKey | None = None) -> None:
         self.field = field
         self.value = value
         self.reason = reason
@@ -68,6 +71,10 @@ class ObservationError(SmartRetentionError):
     def describe(self) -> str:
         post = f"post {self.post}: " if self.post is not None else ""
         return f"{post}field {self.field}: {self.value!r} {self.reason}"
+
+    def __str__(self) -> str:
+        # The post is often filled in after construction, so render on demand.
+        return self.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,7 @@ def parse_counter(field: str, raw: object) -> int | None:
         text = raw.strip()
         if not text:
             return None
-        value = _parse_integer_text(field, text)
+        value = int(text) if text.isascii() and text.isdigit() else _parse_integer_text(field, text)
     else:
         raise ObservationError(field, raw, f"has unsupported type {type(raw).__name__}")
     if value < 0:
@@ -117,18 +124,15 @@ def parse_counter(field: str, raw: object) -> int | None:
 
 
 def _parse_integer_text(field: str, text: str) -> int:
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    # Exports written through floating point say "12.0"; accept that, exactly, via Decimal.
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ObservationError(field, text, "is not a number") from None
-    if not number.is_finite():
+    # ASCII digits only: str.isdigit() also accepts superscripts and other scripts' digits.
+    match = _PLAIN_NUMBER.fullmatch(text)
+    if match is None:
         raise ObservationError(field, text, "is not a number")
-    if number != number.to_integral_value():
+    whole, fraction = match.group("whole"), match.group("fraction")
+    # Exports written through floating point say "12.0"; that is the whole number 12.
+    if fraction and fraction.strip("0"):
         raise ObservationError(field, text, "is fractional; a count is a whole number")
-    return int(number)
+    return int(whole)
 
 
 def parse_timestamp(field: str, raw: object) -> datetime:
@@ -136,10 +140,9 @@ def parse_timestamp(field: str, raw: object) -> datetime:
     if isinstance(raw, datetime):
         moment = raw
     elif isinstance(raw, str) and raw.strip():
-        try:
-            moment = datetime.fromisoformat(raw.strip())
-        except ValueError:
-            raise ObservationError(field, raw, "is not an ISO-8601 timestamp") from None
+        moment = _parse_iso_text(raw.strip())
+        if moment is None:
+            raise ObservationError(field, raw, "is not an ISO-8601 timestamp")
     elif raw is None or raw == "":
         raise ObservationError(field, raw, "is missing")
     else:
@@ -147,6 +150,14 @@ def parse_timestamp(field: str, raw: object) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ObservationError(field, raw, "has no timezone; give UTC explicitly, e.g. +00:00")
     return moment.astimezone(UTC)
+
+
+@lru_cache(maxsize=TIMESTAMP_CACHE_SIZE)
+def _parse_iso_text(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def parse_id(field: str, raw: object) -> int:
@@ -179,11 +190,17 @@ def build_observation(
         raise
     if observed_at < posted_at:
         raise ObservationError(
-            "observed_at", observed_at.isoformat(), f"is before posted_at {posted_at.isoformat()}", key
+            "observed_at",
+            observed_at.isoformat(),
+            f"is before posted_at {posted_at.isoformat()}",
+            key,
         )
     if not_after is not None and observed_at > not_after:
         raise ObservationError(
-            "observed_at", observed_at.isoformat(), f"is in the future (now is {not_after.isoformat()})", key
+            "observed_at",
+            observed_at.isoformat(),
+            f"is in the future (now is {not_after.isoformat()})",
+            key,
         )
     return Observation(key=key, posted_at=posted_at, observed_at=observed_at, counters=counters)
 

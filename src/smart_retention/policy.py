@@ -65,8 +65,13 @@ class Profile:
         if not self.brackets or self.brackets[-1].max_age is not None:
             raise ValueError(f"profile {self.name!r}: the last bracket must have no max_age")
         bounds = [b.max_age for b in self.brackets[:-1]]
-        if any(b is None for b in bounds) or bounds != sorted(bounds):  # type: ignore[type-var]
-            raise ValueError(f"profile {self.name!r}: brackets must be ordered by max_age")
+        if any(b is None for b in bounds) or any(
+            later <= earlier  # type: ignore[operator]
+            for earlier, later in zip(bounds, bounds[1:], strict=False)
+        ):
+            raise ValueError(
+                f"profile {self.name!r}: brackets must be ordered by max_age, each bound larger than the last"
+            )
 
     def bracket_for(self, post_age: timedelta) -> AgeBracket:
         for bracket in self.brackets:

@@ -84,14 +84,19 @@ def next_due_at(
     last_checked_at: datetime | None,
     tiers: Sequence[Tier] = DEFAULT_TIERS,
 ) -> datetime | None:
-    """When the post is next checked; `now` if it is due; None if it is past every tier."""
-    if is_due(now, posted_at, last_checked_at, tiers):
-        return now
-    tier = tier_for_age(now - posted_at, tiers)
-    if tier is None or last_checked_at is None:
-        # Not yet in any tier (posted in the future) or past the last one.
-        return posted_at if now < posted_at else None
-    return last_checked_at + tier.interval
+    """The first moment at or after `now` when the post is due; None if it never is again.
+
+    A post may cross into another tier before its current interval is up, so each tier
+    from now on is tried in age order: the earliest due moment inside its age range wins.
+    """
+    for tier in sorted(tiers, key=lambda t: t.min_age):
+        enters, leaves = posted_at + tier.min_age, posted_at + tier.max_age
+        candidate = max(now, enters)
+        if last_checked_at is not None:
+            candidate = max(candidate, last_checked_at + tier.interval)
+        if candidate < leaves:
+            return candidate
+    return None
 
 
 def due_posts(

@@ -59,7 +59,9 @@ def parse_column_mapping(pairs: Iterable[str]) -> dict[str, str]:
         canonical, sep, theirs = pair.partition("=")
         canonical, theirs = canonical.strip(), theirs.strip()
         if not sep or not canonical or not theirs:
-            raise InputFileError(f"--column {pair!r}: expected canonical=theirs, e.g. msg_id=post_id")
+            raise InputFileError(
+                f"--column {pair!r}: expected canonical=theirs, e.g. msg_id=post_id"
+            )
         if canonical not in CANONICAL_COLUMNS:
             raise InputFileError(
                 f"--column {pair!r}: unknown column {canonical!r}; "
@@ -103,14 +105,24 @@ def build_recording(rows: Iterable[tuple[int | None, RowOrError]]) -> Recording:
         first_posted_at, first_line = posted_at_seen.setdefault(key, (observation.posted_at, line))
         if observation.posted_at != first_posted_at:
             recording.rejections.append(
-                _reject(line, key, "posted_at", observation.posted_at,
-                        f"differs from {first_posted_at.isoformat()} given at line {first_line}")
+                _reject(
+                    line,
+                    key,
+                    "posted_at",
+                    observation.posted_at,
+                    f"differs from {first_posted_at.isoformat()} given at line {first_line}",
+                )
             )
             continue
         if (key, observation.observed_at) in moments_seen:
             recording.rejections.append(
-                _reject(line, key, "observed_at", observation.observed_at,
-                        "repeats an earlier observation of this post at the same moment")
+                _reject(
+                    line,
+                    key,
+                    "observed_at",
+                    observation.observed_at,
+                    "repeats an earlier observation of this post at the same moment",
+                )
             )
             continue
         moments_seen.add((key, observation.observed_at))
@@ -122,7 +134,9 @@ def build_recording(rows: Iterable[tuple[int | None, RowOrError]]) -> Recording:
     return recording
 
 
-def _reject(line: int | None, key: PostKey, field_name: str, value: datetime, why: str) -> Rejection:
+def _reject(
+    line: int | None, key: PostKey, field_name: str, value: datetime, why: str
+) -> Rejection:
     error = ObservationError(field_name, value.isoformat(), why, key)
     return Rejection.from_error(error, line)
 
@@ -139,7 +153,9 @@ def _open_text(path: Path) -> TextIO:
         raise InputFileError(f"{path}: permission denied") from None
     # Undecodable bytes become U+FFFD, so such a row is rejected by field, not fatal.
     if compressed:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(
+            gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline=""
+        )
     return path.open(encoding="utf-8", errors="replace", newline="")
 
 

@@ -8,15 +8,28 @@ multi-row insert of snapshots, one multi-row upsert of check rows. None of them 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from smart_retention.observation import Counters, PostInfo, PostKey
 from smart_retention.schedule import DueWindow
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
+from smart_retention.storage.types import UTCDateTime
 
 COUNTER_NAMES = Counters._fields
 
@@ -42,13 +55,17 @@ class PostState:
     policy_state: Any
 
 
+_DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
 def dialect_insert(connection: Connection, table: Any) -> Insert:
     """INSERT with the dialect's ON CONFLICT support (both engines have it)."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if connection.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"database {connection.dialect.name!r} is not supported")
+    try:
+        return _DIALECT_INSERTS[connection.dialect.name](table)
+    except KeyError:
+        raise NotImplementedError(
+            f"database {connection.dialect.name!r} is not supported"
+        ) from None
 
 
 def register_posts(connection: Connection, infos: Sequence[PostInfo], now: datetime) -> None:
@@ -78,72 +95,67 @@ def iter_due_posts(
     """
     if not windows:
         return
+    params: dict[str, Any] = {"limit": batch_size}
+    for i, window in enumerate(windows):
+        params[f"posted_after_{i}"] = window.posted_after
+        params[f"posted_at_or_before_{i}"] = window.posted_at_or_before
+        params[f"checked_at_or_before_{i}"] = window.checked_at_or_before
+    first_page, next_page = _due_queries(len(windows))
+    query = first_page
+    while True:
+        with engine.connect() as connection:
+            rows = connection.execute(query, params).all()
+        if not rows:
+            return
+        yield [
+            DuePost(PostKey(r.channel_id, r.msg_id), r.posted_at, r.last_checked_at) for r in rows
+        ]
+        if len(rows) < batch_size:
+            return
+        query = next_page
+        params["after_channel_id"], params["after_msg_id"] = rows[-1].channel_id, rows[-1].msg_id
+
+
+@lru_cache(maxsize=16)
+def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
+    """The due-posts query for `window_count` windows, built once: the first page and the
+    page after a given key. Values are bound at execution."""
+    checks = post_metrics_checks
     due_condition = or_(
         *(
             and_(
-                posts.c.posted_at > window.posted_after,
-                posts.c.posted_at <= window.posted_at_or_before,
+                posts.c.posted_at > bindparam(f"posted_after_{i}", type_=UTCDateTime),
+                posts.c.posted_at <= bindparam(f"posted_at_or_before_{i}", type_=UTCDateTime),
                 or_(
-                    post_metrics_checks.c.last_checked_at.is_(None),
-                    post_metrics_checks.c.last_checked_at <= window.checked_at_or_before,
+                    checks.c.last_checked_at.is_(None),
+                    checks.c.last_checked_at
+                    <= bindparam(f"checked_at_or_before_{i}", type_=UTCDateTime),
                 ),
             )
-            for window in windows
+            for i in range(window_count)
         )
     )
-    query = (
-        select(
-            posts.c.channel_id,
-            posts.c.msg_id,
-            posts.c.posted_at,
-            post_metrics_checks.c.last_checked_at,
-        )
-        .select_from(posts.outerjoin(post_metrics_checks, _same_post(post_metrics_checks, posts)))
+    first_page = (
+        select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at, checks.c.last_checked_at)
+        .select_from(posts.outerjoin(checks, _same_post(checks, posts)))
         .where(due_condition, posts.c.deleted_at.is_(None))
         .order_by(posts.c.channel_id, posts.c.msg_id)
-        .limit(batch_size)
+        .limit(bindparam("limit", type_=Integer))
     )
-    after: PostKey | None = None
-    while True:
-        page_query = query
-        if after is not None:
-            page_query = query.where(
-                tuple_(posts.c.channel_id, posts.c.msg_id) > tuple_(*after)
-            )
-        with engine.connect() as connection:
-            rows = connection.execute(page_query).all()
-        if not rows:
-            return
-        yield [DuePost(PostKey(r.channel_id, r.msg_id), r.posted_at, r.last_checked_at) for r in rows]
-        if len(rows) < batch_size:
-            return
-        after = PostKey(rows[-1].channel_id, rows[-1].msg_id)
+    next_page = first_page.where(
+        tuple_(posts.c.channel_id, posts.c.msg_id)
+        > tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
+    )
+    return first_page, next_page
 
 
 def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[PostKey, PostState]:
     """Check rows and last stored snapshots of `keys`, in one statement."""
     if not keys:
         return {}
-    checks, snapshot = post_metrics_checks, post_metrics
-    query = (
-        select(
-            checks,
-            *(snapshot.c[name].label(f"stored_{name}") for name in COUNTER_NAMES),
-            snapshot.c.snapshot_time,
-        )
-        .select_from(
-            checks.outerjoin(
-                snapshot,
-                and_(
-                    _same_post(snapshot, checks),
-                    snapshot.c.snapshot_time == checks.c.last_saved_at,
-                ),
-            )
-        )
-        .where(tuple_(checks.c.channel_id, checks.c.msg_id).in_([tuple(k) for k in keys]))
-    )
     states = {}
-    for row in connection.execute(query).mappings():
+    rows = connection.execute(_POST_STATES_QUERY, {"keys": [tuple(k) for k in keys]}).mappings()
+    for row in rows:
         stored = None
         if row["snapshot_time"] is not None:
             stored = Counters(*(row[f"stored_{name}"] for name in COUNTER_NAMES))
@@ -160,6 +172,27 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
     return states
 
 
+def _post_states_query() -> Select[Any]:
+    checks, snapshot = post_metrics_checks, post_metrics
+    return (
+        select(
+            checks,
+            *(snapshot.c[name].label(f"stored_{name}") for name in COUNTER_NAMES),
+            snapshot.c.snapshot_time,
+        )
+        .select_from(
+            checks.outerjoin(
+                snapshot,
+                and_(
+                    _same_post(snapshot, checks),
+                    snapshot.c.snapshot_time == checks.c.last_saved_at,
+                ),
+            )
+        )
+        .where(tuple_(checks.c.channel_id, checks.c.msg_id).in_(bindparam("keys", expanding=True)))
+    )
+
+
 def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         connection.execute(post_metrics.insert(), list(rows))
@@ -172,17 +205,21 @@ def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
     to the stored counts in SQL rather than overwritten, so no increment is lost to a
     concurrent writer.
     """
-    if not rows:
-        return
-    statement = dialect_insert(connection, post_metrics_checks)
-    excluded = statement.excluded
+    if rows:
+        connection.execute(_upsert_checks_statement(connection.dialect.name), list(rows))
+
+
+@lru_cache(maxsize=4)
+def _upsert_checks_statement(dialect_name: str) -> Insert:
     table = post_metrics_checks
+    statement = _DIALECT_INSERTS[dialect_name](table)
+    excluded = statement.excluded
     replaced = {
         column.name: excluded[column.name]
         for column in table.columns
         if column.name not in ("channel_id", "msg_id", "check_count", "save_count")
     }
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[table.c.channel_id, table.c.msg_id],
         set_={
             **replaced,
@@ -190,7 +227,6 @@ def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
             "save_count": table.c.save_count + excluded.save_count,
         },
     )
-    connection.execute(statement, list(rows))
 
 
 def channel_ids_present(connection: Connection, channel_ids: Iterable[int]) -> list[int]:
@@ -217,3 +253,6 @@ def count_rows(connection: Connection, table: Any) -> int:
 
 def _same_post(left: Any, right: Any) -> Any:
     return and_(left.c.channel_id == right.c.channel_id, left.c.msg_id == right.c.msg_id)
+
+
+_POST_STATES_QUERY = _post_states_query()

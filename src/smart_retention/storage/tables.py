@@ -50,7 +50,9 @@ posts = Table(
 
 
 def _counter_columns(prefix: str = "") -> list[Column]:
-    return [Column(f"{prefix}{name}", Counter) for name in ("views", "forwards", "reactions", "replies")]
+    return [
+        Column(f"{prefix}{name}", Counter) for name in ("views", "forwards", "reactions", "replies")
+    ]
 
 
 def _non_negative(prefix: str = "") -> list[CheckConstraint]:

@@ -25,7 +25,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value.isoformat()} given; timestamps must be UTC-aware")
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given; timestamps must be UTC-aware"
+            )
         moment = value.astimezone(UTC)
         return moment.replace(tzinfo=None) if dialect.name == "sqlite" else moment
 
