@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from smart_retention import policy
 from smart_retention.observation import Observation, ObservationError, Rejection
 from smart_retention.policy import DEFAULT_PROFILE, Decision, Profile
-from smart_retention.schedule import DEFAULT_TIERS, Tier, due_windows
+from smart_retention.schedule import DEFAULT_TIERS, Tier, due_windows, earliest_due
 from smart_retention.sources import Source
 from smart_retention.storage import repository
 from smart_retention.storage.repository import PostState
@@ -207,6 +207,13 @@ class Collector:
             stats.seconds,
         )
         return stats
+
+    def next_due_at(self, now: datetime) -> datetime | None:
+        """The earliest moment after `now`'s cycle when a post may be due (a lower bound)."""
+        windows = due_windows(now, self.tiers)
+        with self.engine.connect() as connection:
+            outlooks = repository.tier_outlooks(connection, windows)
+        return earliest_due(now, outlooks)
 
     def check(self, observations: Sequence[Observation]) -> CollectionStats:
         """Decide and write one batch of observations (one per post) in one transaction."""

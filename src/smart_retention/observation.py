@@ -97,6 +97,12 @@ class Rejection:
 
 def parse_counter(field: str, raw: object) -> int | None:
     """A counter value from text or a number; empty or None is unknown."""
+    if type(raw) is str and raw.isdigit() and raw.isascii():
+        # The common case, first: plain ASCII digits, as nearly every recorded cell is.
+        value = int(raw)
+        if value > MAX_COUNTER:
+            raise ObservationError(field, raw, "is larger than 2^63-1, the largest storable count")
+        return value
     if raw is None:
         return None
     if isinstance(raw, bool):

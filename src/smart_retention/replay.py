@@ -95,7 +95,7 @@ def run_replay(
     if options.as_recorded:
         stats = _replay_as_recorded(engine, collector, recording.observations, progress)
     else:
-        stats = _replay_on_schedule(collector, recording.observations, tiers, progress)
+        stats = _replay_on_schedule(collector, source, recording.observations, tiers, progress)
     report = _build_report(recording, stats, options.profile)
     report.seconds = time.perf_counter() - started
     log.info(
@@ -124,32 +124,42 @@ def _prepare_target(engine: Engine, recording: Recording, replace: bool) -> None
         repository.delete_channels(connection, present)
 
 
-def virtual_ticks(first: datetime, last: datetime, tick: timedelta) -> Iterator[datetime]:
-    """Moments aligned to `tick` (as a wall-clock scheduler fires), covering [first, last]."""
+def align_to_tick(moment: datetime, tick: timedelta) -> datetime:
+    """The first moment at or after `moment` on the `tick` grid, as a wall-clock scheduler
+    fires (every 10 minutes means :00, :10, ...)."""
     step = tick.total_seconds()
-    offset = (first - EPOCH).total_seconds() % step
-    now = first if offset == 0 else first + timedelta(seconds=step - offset)
-    while now <= last:
-        yield now
-        now += tick
+    offset = (moment - EPOCH).total_seconds() % step
+    return moment if offset == 0 else moment + timedelta(seconds=step - offset)
 
 
 def _replay_on_schedule(
     collector: Collector,
+    source: RecordedSource,
     observations: Sequence[Observation],
     tiers: Sequence[Tier],
     progress: ProgressCallback | None,
 ) -> CollectionStats:
+    """Tick the virtual clock from the first recorded moment to the last.
+
+    Ticks at which nothing can be due are skipped: after each cycle the clock jumps to
+    the tick at or after the schedule's lower bound for the next due check, or the next
+    post's first appearance. The result is the same as running every tick.
+    """
     stats = CollectionStats()
     if not observations:
         return stats
     first, last = observations[0].observed_at, observations[-1].observed_at
     span = (last - first).total_seconds() or 1.0
     tick = min(tier.interval for tier in tiers)
-    for now in virtual_ticks(first, last, tick):
+    now = align_to_tick(first, tick)
+    while now <= last:
         stats.merge(collector.run_cycle(now))
         if progress is not None:
             progress(min(1.0, (now - first).total_seconds() / span))
+        wake_ups = [w for w in (collector.next_due_at(now), source.next_discovery_at()) if w]
+        if not wake_ups:
+            break
+        now = max(now + tick, align_to_tick(min(wake_ups), tick))
     return stats
 
 

@@ -125,6 +125,36 @@ def due_windows(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class TierOutlook:
+    """What storage reports of one tier at `now`, for `earliest_due`: whether a post in
+    the tier was never checked, the oldest last check among its posts, and the earliest
+    publication among posts still too young for it."""
+
+    tier: Tier
+    has_unchecked: bool
+    oldest_check: datetime | None
+    earliest_young_posted_at: datetime | None
+
+
+def earliest_due(now: datetime, outlooks: Iterable[TierOutlook]) -> datetime | None:
+    """A lower bound on the next moment any post is due; None if none ever will be.
+
+    Within its tier a post is due no earlier than its last check plus the tier's
+    interval; a post that will enter a tier may be due the moment it enters. Waking at
+    the bound never misses a check, and a scheduler that sleeps until it idles less.
+    """
+    candidates = []
+    for outlook in outlooks:
+        if outlook.has_unchecked:
+            candidates.append(now)
+        if outlook.oldest_check is not None:
+            candidates.append(max(now, outlook.oldest_check + outlook.tier.interval))
+        if outlook.earliest_young_posted_at is not None:
+            candidates.append(max(now, outlook.earliest_young_posted_at + outlook.tier.min_age))
+    return min(candidates, default=None)
+
+
 def polling_horizon(tiers: Sequence[Tier] = DEFAULT_TIERS) -> timedelta:
     """Posts at least this old are no longer polled."""
     return max(tier.max_age for tier in tiers)

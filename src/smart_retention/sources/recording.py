@@ -246,6 +246,12 @@ class RecordedSource:
             self._announced += 1
         return found
 
+    def next_discovery_at(self) -> datetime | None:
+        """When the next post not yet announced first appears in the recording."""
+        if self._announced < len(self._announce_order):
+            return self._times[self._announce_order[self._announced]][0]
+        return None
+
     def fetch(self, keys: Sequence[PostKey], now: datetime) -> FetchResult:
         result = FetchResult()
         for key in keys:

@@ -18,16 +18,18 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     func,
     or_,
     select,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from smart_retention.observation import Counters, PostInfo, PostKey
-from smart_retention.schedule import DueWindow
+from smart_retention.schedule import DueWindow, TierOutlook
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
 from smart_retention.storage.types import UTCDateTime
 
@@ -147,6 +149,54 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
         > tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
     )
     return first_page, next_page
+
+
+def tier_outlooks(
+    connection: Connection, windows: Sequence[DueWindow]
+) -> list[TierOutlook]:
+    """Per tier window, what `schedule.earliest_due` needs, in one aggregate query."""
+    if not windows:
+        return []
+    params: dict[str, Any] = {}
+    for i, window in enumerate(windows):
+        params[f"posted_after_{i}"] = window.posted_after
+        params[f"posted_at_or_before_{i}"] = window.posted_at_or_before
+    row = connection.execute(_outlook_query(len(windows)), params).mappings().one()
+    return [
+        TierOutlook(
+            tier=window.tier,
+            has_unchecked=bool(row[f"unchecked_{i}"]),
+            oldest_check=row[f"oldest_check_{i}"],
+            earliest_young_posted_at=row[f"young_{i}"],
+        )
+        for i, window in enumerate(windows)
+    ]
+
+
+@lru_cache(maxsize=16)
+def _outlook_query(window_count: int) -> Select[Any]:
+    checks = post_metrics_checks
+    columns = []
+    for i in range(window_count):
+        after = bindparam(f"posted_after_{i}", type_=UTCDateTime)
+        at_or_before = bindparam(f"posted_at_or_before_{i}", type_=UTCDateTime)
+        in_tier = and_(posts.c.posted_at > after, posts.c.posted_at <= at_or_before)
+        columns += [
+            func.max(
+                case((and_(in_tier, checks.c.last_checked_at.is_(None)), 1), else_=0)
+            ).label(f"unchecked_{i}"),
+            type_coerce(
+                func.min(case((in_tier, checks.c.last_checked_at))), UTCDateTime
+            ).label(f"oldest_check_{i}"),
+            type_coerce(
+                func.min(case((posts.c.posted_at > at_or_before, posts.c.posted_at))), UTCDateTime
+            ).label(f"young_{i}"),
+        ]
+    return (
+        select(*columns)
+        .select_from(posts.outerjoin(checks, _same_post(checks, posts)))
+        .where(posts.c.deleted_at.is_(None))
+    )
 
 
 def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[PostKey, PostState]:
