@@ -197,7 +197,8 @@ class Collector:
             stats.merge(batch)
         stats.seconds = time.perf_counter() - started
         log.debug(
-            "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d seconds=%.3f",
+            "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d "
+            "seconds=%.3f",
             now.isoformat(),
             len(discovered),
             stats.checks,

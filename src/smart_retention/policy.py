@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 
 from smart_retention.observation import Counters
@@ -67,10 +68,11 @@ class Profile:
         bounds = [b.max_age for b in self.brackets[:-1]]
         if any(b is None for b in bounds) or any(
             later <= earlier  # type: ignore[operator]
-            for earlier, later in zip(bounds, bounds[1:], strict=False)
+            for earlier, later in pairwise(bounds)
         ):
             raise ValueError(
-                f"profile {self.name!r}: brackets must be ordered by max_age, each bound larger than the last"
+                f"profile {self.name!r}: brackets must be ordered by max_age, "
+                "each bound larger than the last"
             )
 
     def bracket_for(self, post_age: timedelta) -> AgeBracket:

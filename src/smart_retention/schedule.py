@@ -165,6 +165,7 @@ def extend_last_tier(tiers: Sequence[Tier], max_age: timedelta) -> tuple[Tier, .
     *head, last = tiers
     if max_age <= last.min_age:
         raise ValueError(
-            f"max_age {max_age} must be longer than the start of tier {last.name!r} ({last.min_age})"
+            f"max_age {max_age} must be longer than the start of tier {last.name!r} "
+            f"({last.min_age})"
         )
     return (*head, replace(last, max_age=max_age))

@@ -151,9 +151,7 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
     return first_page, next_page
 
 
-def tier_outlooks(
-    connection: Connection, windows: Sequence[DueWindow]
-) -> list[TierOutlook]:
+def tier_outlooks(connection: Connection, windows: Sequence[DueWindow]) -> list[TierOutlook]:
     """Per tier window, what `schedule.earliest_due` needs, in one aggregate query."""
     if not windows:
         return []
@@ -182,12 +180,12 @@ def _outlook_query(window_count: int) -> Select[Any]:
         at_or_before = bindparam(f"posted_at_or_before_{i}", type_=UTCDateTime)
         in_tier = and_(posts.c.posted_at > after, posts.c.posted_at <= at_or_before)
         columns += [
-            func.max(
-                case((and_(in_tier, checks.c.last_checked_at.is_(None)), 1), else_=0)
-            ).label(f"unchecked_{i}"),
-            type_coerce(
-                func.min(case((in_tier, checks.c.last_checked_at))), UTCDateTime
-            ).label(f"oldest_check_{i}"),
+            func.max(case((and_(in_tier, checks.c.last_checked_at.is_(None)), 1), else_=0)).label(
+                f"unchecked_{i}"
+            ),
+            type_coerce(func.min(case((in_tier, checks.c.last_checked_at))), UTCDateTime).label(
+                f"oldest_check_{i}"
+            ),
             type_coerce(
                 func.min(case((posts.c.posted_at > at_or_before, posts.c.posted_at))), UTCDateTime
             ).label(f"young_{i}"),
