@@ -24,7 +24,7 @@ class Settings(BaseSettings):
         le=5000,
         description="Posts per collection batch, i.e. per transaction.",
     )
-    log_level: str = Field(default="INFO", description="Level of the smart_retention loggers.")
+    log_level: str = Field(default="WARNING", description="Level of the smart_retention loggers.")
 
 
 def load_settings() -> Settings:

@@ -202,20 +202,24 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
     if not keys:
         return {}
     states = {}
-    rows = connection.execute(_POST_STATES_QUERY, {"keys": [tuple(k) for k in keys]}).mappings()
-    for row in rows:
-        stored = None
-        if row["snapshot_time"] is not None:
-            stored = Counters(*(row[f"stored_{name}"] for name in COUNTER_NAMES))
-        states[PostKey(row["channel_id"], row["msg_id"])] = PostState(
-            last_checked_at=row["last_checked_at"],
-            last_changed_at=row["last_changed_at"],
-            last_saved_at=row["last_saved_at"],
-            checks_since_save=row["checks_since_save"],
-            stable_since=row["stable_since"],
-            last_observed=Counters(*(row[f"last_{name}"] for name in COUNTER_NAMES)),
-            last_stored=stored,
-            policy_state=row["policy_state"],
+    rows = connection.execute(_POST_STATES_QUERY, {"keys": [tuple(k) for k in keys]})
+    for (
+        channel_id, msg_id, last_checked_at, last_changed_at, last_saved_at,
+        checks_since_save, stable_since, policy_state,
+        last_views, last_forwards, last_reactions, last_replies,
+        snapshot_time, views, forwards, reactions, replies,
+    ) in rows:  # fmt: skip
+        states[PostKey(channel_id, msg_id)] = PostState(
+            last_checked_at=last_checked_at,
+            last_changed_at=last_changed_at,
+            last_saved_at=last_saved_at,
+            checks_since_save=checks_since_save,
+            stable_since=stable_since,
+            last_observed=Counters(last_views, last_forwards, last_reactions, last_replies),
+            last_stored=(
+                None if snapshot_time is None else Counters(views, forwards, reactions, replies)
+            ),
+            policy_state=policy_state,
         )
     return states
 
@@ -224,9 +228,17 @@ def _post_states_query() -> Select[Any]:
     checks, snapshot = post_metrics_checks, post_metrics
     return (
         select(
-            checks,
-            *(snapshot.c[name].label(f"stored_{name}") for name in COUNTER_NAMES),
+            checks.c.channel_id,
+            checks.c.msg_id,
+            checks.c.last_checked_at,
+            checks.c.last_changed_at,
+            checks.c.last_saved_at,
+            checks.c.checks_since_save,
+            checks.c.stable_since,
+            checks.c.policy_state,
+            *(checks.c[f"last_{name}"] for name in COUNTER_NAMES),
             snapshot.c.snapshot_time,
+            *(snapshot.c[name] for name in COUNTER_NAMES),
         )
         .select_from(
             checks.outerjoin(
