@@ -20,7 +20,13 @@ from smart_retention.storage.engine import make_engine
 POSTGRES_URL = os.environ.get(
     "SMART_RETENTION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+# The recordings live beside the repository (../shared/data/real), never inside it.
+REAL_DATA = Path(
+    os.environ.get(
+        "SMART_RETENTION_REAL_DATA",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "real",
+    )
+)
 ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
