@@ -36,7 +36,8 @@ db_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error or rejection stays on one line however narrow the terminal or pipe.
+err_console = Console(stderr=True, soft_wrap=True)
 
 DEMO_DATABASE_FILE = "smart-retention-demo.sqlite3"
 DEMO_MODEL = ChannelModel()
