@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from smart_retention import policy
-from smart_retention.observation import Observation, ObservationError, Rejection
+from smart_retention.observation import Observation, ObservationError, PostKey, Rejection
 from smart_retention.policy import DEFAULT_PROFILE, Decision, Profile
-from smart_retention.schedule import DEFAULT_TIERS, Tier, due_windows, earliest_due
-from smart_retention.sources import Source
+from smart_retention.schedule import DEFAULT_TIERS, DueWindow, Tier, due_windows, earliest_due
+from smart_retention.sources import FetchResult, Source
 from smart_retention.storage import repository
+from smart_retention.storage.engine import write_transaction
 from smart_retention.storage.repository import PostState
 
 log = logging.getLogger(__name__)
@@ -190,11 +191,7 @@ class Collector:
                 repository.register_posts(connection, discovered, now)
         windows = due_windows(now, self.tiers, tier_names)
         for due in repository.iter_due_posts(self.engine, windows, self.batch_size):
-            fetched = self.source.fetch([post.key for post in due], now)
-            batch = self.check(fetched.observations)
-            for rejection in fetched.rejections:
-                batch.record_rejection(rejection)
-            stats.merge(batch)
+            stats.merge(self._collect_batch([post.key for post in due], now, windows))
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d "
@@ -209,6 +206,25 @@ class Collector:
         )
         return stats
 
+    def _collect_batch(
+        self, keys: Sequence[PostKey], now: datetime, windows: Sequence[DueWindow]
+    ) -> CollectionStats:
+        """Claim the posts still due, fetch them, and write their checks: one transaction.
+
+        The claim comes first, so two collectors on the same tick (or a slow cycle and
+        the next one) never fetch or check the same post twice.
+        """
+        started = time.perf_counter()
+        stats = CollectionStats(batches=1)
+        with write_transaction(self.engine) as connection:
+            claimed = repository.claim_due_posts(connection, keys, windows)
+            fetched = self.source.fetch(claimed, now) if claimed else FetchResult()
+            self._write_checks(connection, fetched.observations, stats)
+        for rejection in fetched.rejections:
+            stats.record_rejection(rejection)
+        self._log_batch(stats, started, skipped=len(keys) - len(claimed))
+        return stats
+
     def next_due_at(self, now: datetime) -> datetime | None:
         """The earliest moment after `now`'s cycle when a post may be due (a lower bound)."""
         windows = due_windows(now, self.tiers)
@@ -220,31 +236,41 @@ class Collector:
         """Decide and write one batch of observations (one per post) in one transaction."""
         started = time.perf_counter()
         stats = CollectionStats(batches=1)
+        with write_transaction(self.engine) as connection:
+            self._write_checks(connection, observations, stats)
+        self._log_batch(stats, started)
+        return stats
+
+    def _write_checks(
+        self, connection: Connection, observations: Sequence[Observation], stats: CollectionStats
+    ) -> None:
         snapshot_rows: list[dict[str, Any]] = []
         check_rows: list[dict[str, Any]] = []
-        with self.engine.begin() as connection:
-            states = repository.load_post_states(connection, [o.key for o in observations])
-            for observation in observations:
-                state = states.get(observation.key)
-                if state is not None and observation.observed_at <= state.last_checked_at:
-                    stats.record_rejection(_out_of_order(observation, state))
-                    continue
-                planned = plan_check(observation, state, self.profile)
-                stats.record_check(planned.decision, planned.views_error)
-                if planned.snapshot_row is not None:
-                    snapshot_rows.append(planned.snapshot_row)
-                check_rows.append(planned.check_row)
-            repository.insert_snapshots(connection, snapshot_rows)
-            repository.upsert_checks(connection, check_rows)
+        states = repository.load_post_states(connection, [o.key for o in observations])
+        for observation in observations:
+            state = states.get(observation.key)
+            if state is not None and observation.observed_at <= state.last_checked_at:
+                stats.record_rejection(_out_of_order(observation, state))
+                continue
+            planned = plan_check(observation, state, self.profile)
+            stats.record_check(planned.decision, planned.views_error)
+            if planned.snapshot_row is not None:
+                snapshot_rows.append(planned.snapshot_row)
+            check_rows.append(planned.check_row)
+        repository.insert_snapshots(connection, snapshot_rows)
+        repository.upsert_checks(connection, check_rows)
+
+    @staticmethod
+    def _log_batch(stats: CollectionStats, started: float, skipped: int = 0) -> None:
         stats.seconds = time.perf_counter() - started
         log.debug(
-            "collect.batch checks=%d saved=%d rejected=%d seconds=%.3f",
+            "collect.batch checks=%d saved=%d rejected=%d skipped=%d seconds=%.3f",
             stats.checks,
             stats.saved,
             stats.rejected,
+            skipped,
             stats.seconds,
         )
-        return stats
 
 
 def _out_of_order(observation: Observation, state: PostState) -> Rejection:

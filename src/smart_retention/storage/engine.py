@@ -1,12 +1,16 @@
 """Engines for the two supported databases, configured the same way everywhere."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 # How long a SQLite writer waits for another one before failing, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option naming how a SQLite transaction begins (DEFERRED unless told).
+SQLITE_BEGIN_MODE = "smart_retention_sqlite_begin"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -17,10 +21,33 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     engine = create_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
+        event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
 
 
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction in which a read-then-write cannot race another writer.
+
+    On SQLite it begins IMMEDIATE, taking the database's write lock before the first
+    read (other writers wait, readers go on under WAL). On PostgreSQL it is an ordinary
+    transaction; the statements inside lock the rows they claim.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
+        with connection.begin():
+            yield connection
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    mode = connection.get_execution_options().get(SQLITE_BEGIN_MODE, "DEFERRED")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN would start transactions late, at the first write;
+    # transactions are begun explicitly in _begin_sqlite_transaction instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # Enforce the foreign keys the schema declares; SQLite ignores them otherwise.
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -97,11 +97,7 @@ def iter_due_posts(
     """
     if not windows:
         return
-    params: dict[str, Any] = {"limit": batch_size}
-    for i, window in enumerate(windows):
-        params[f"posted_after_{i}"] = window.posted_after
-        params[f"posted_at_or_before_{i}"] = window.posted_at_or_before
-        params[f"checked_at_or_before_{i}"] = window.checked_at_or_before
+    params = {**_window_params(windows), "limit": batch_size}
     first_page, next_page = _due_queries(len(windows))
     query = first_page
     while True:
@@ -118,29 +114,63 @@ def iter_due_posts(
         params["after_channel_id"], params["after_msg_id"] = rows[-1].channel_id, rows[-1].msg_id
 
 
+def claim_due_posts(
+    connection: Connection, keys: Sequence[PostKey], windows: Sequence[DueWindow]
+) -> list[PostKey]:
+    """Of `keys`, those still due, locked for this transaction.
+
+    Posts another collector holds are skipped rather than waited for (PostgreSQL: FOR
+    UPDATE SKIP LOCKED), and due-ness is checked again under the lock, so a post that
+    another collector checked since the page was read is left alone. On SQLite the
+    caller's IMMEDIATE transaction already excludes every other writer.
+    """
+    if not keys or not windows:
+        return []
+    params = _window_params(windows)
+    params["keys"] = [tuple(k) for k in keys]
+    rows = connection.execute(_claim_query(len(windows)), params)
+    return [PostKey(channel_id, msg_id) for channel_id, msg_id in rows]
+
+
+def _window_params(windows: Sequence[DueWindow]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, window in enumerate(windows):
+        params[f"posted_after_{i}"] = window.posted_after
+        params[f"posted_at_or_before_{i}"] = window.posted_at_or_before
+        params[f"checked_at_or_before_{i}"] = window.checked_at_or_before
+    return params
+
+
+def _due_condition(window_count: int) -> Any:
+    """The schedule's due windows in SQL; values are bound at execution."""
+    checks = post_metrics_checks
+    return and_(
+        posts.c.deleted_at.is_(None),
+        or_(
+            *(
+                and_(
+                    posts.c.posted_at > bindparam(f"posted_after_{i}", type_=UTCDateTime),
+                    posts.c.posted_at <= bindparam(f"posted_at_or_before_{i}", type_=UTCDateTime),
+                    or_(
+                        checks.c.last_checked_at.is_(None),
+                        checks.c.last_checked_at
+                        <= bindparam(f"checked_at_or_before_{i}", type_=UTCDateTime),
+                    ),
+                )
+                for i in range(window_count)
+            )
+        ),
+    )
+
+
 @lru_cache(maxsize=16)
 def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
-    """The due-posts query for `window_count` windows, built once: the first page and the
-    page after a given key. Values are bound at execution."""
+    """The due-posts page query, built once: the first page and the page after a key."""
     checks = post_metrics_checks
-    due_condition = or_(
-        *(
-            and_(
-                posts.c.posted_at > bindparam(f"posted_after_{i}", type_=UTCDateTime),
-                posts.c.posted_at <= bindparam(f"posted_at_or_before_{i}", type_=UTCDateTime),
-                or_(
-                    checks.c.last_checked_at.is_(None),
-                    checks.c.last_checked_at
-                    <= bindparam(f"checked_at_or_before_{i}", type_=UTCDateTime),
-                ),
-            )
-            for i in range(window_count)
-        )
-    )
     first_page = (
         select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at, checks.c.last_checked_at)
         .select_from(posts.outerjoin(checks, _same_post(checks, posts)))
-        .where(due_condition, posts.c.deleted_at.is_(None))
+        .where(_due_condition(window_count))
         .order_by(posts.c.channel_id, posts.c.msg_id)
         .limit(bindparam("limit", type_=Integer))
     )
@@ -149,6 +179,21 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
         > tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
     )
     return first_page, next_page
+
+
+@lru_cache(maxsize=16)
+def _claim_query(window_count: int) -> Select[Any]:
+    checks = post_metrics_checks
+    return (
+        select(posts.c.channel_id, posts.c.msg_id)
+        .select_from(posts.outerjoin(checks, _same_post(checks, posts)))
+        .where(
+            _due_condition(window_count),
+            tuple_(posts.c.channel_id, posts.c.msg_id).in_(bindparam("keys", expanding=True)),
+        )
+        .order_by(posts.c.channel_id, posts.c.msg_id)
+        .with_for_update(of=posts, skip_locked=True)
+    )
 
 
 def tier_outlooks(connection: Connection, windows: Sequence[DueWindow]) -> list[TierOutlook]:
