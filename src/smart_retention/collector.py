@@ -10,10 +10,10 @@ the rest of the batch goes on, and nothing stored before is touched.
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -21,12 +21,13 @@ from smart_retention import policy
 from smart_retention.observation import Observation, ObservationError, PostKey, Rejection
 from smart_retention.policy import DEFAULT_PROFILE, Decision, Profile
 from smart_retention.schedule import DEFAULT_TIERS, DueWindow, Tier, due_windows, earliest_due
-from smart_retention.sources import FetchResult, Source
+from smart_retention.sources import Source
 from smart_retention.storage import repository
 from smart_retention.storage.engine import write_transaction
 from smart_retention.storage.repository import PostState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE = 500
 # The report keeps this many rejection messages; the count is always complete.
@@ -185,19 +186,23 @@ class Collector:
         """Register newly discovered posts, then check every due post, batch by batch."""
         started = time.perf_counter()
         stats = CollectionStats()
-        discovered = list(self.source.discover(now))
-        if discovered:
+        discovered = 0
+        # Streamed a batch at a time: a source may announce a million posts at once.
+        for infos in chunked(self.source.discover(now), self.batch_size):
             with self.engine.begin() as connection:
-                repository.register_posts(connection, discovered, now)
+                repository.register_posts(connection, infos, now)
+            discovered += len(infos)
         windows = due_windows(now, self.tiers, tier_names)
-        for due in repository.iter_due_posts(self.engine, windows, self.batch_size):
-            stats.merge(self._collect_batch([post.key for post in due], now, windows))
+        after: PostKey | None = None
+        while (batch := self._collect_next_batch(now, windows, after)) is not None:
+            batch_stats, after = batch
+            stats.merge(batch_stats)
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d "
             "seconds=%.3f",
             now.isoformat(),
-            len(discovered),
+            discovered,
             stats.checks,
             stats.saved,
             stats.rejected,
@@ -206,10 +211,11 @@ class Collector:
         )
         return stats
 
-    def _collect_batch(
-        self, keys: Sequence[PostKey], now: datetime, windows: Sequence[DueWindow]
-    ) -> CollectionStats:
-        """Claim the posts still due, fetch them, and write their checks: one transaction.
+    def _collect_next_batch(
+        self, now: datetime, windows: Sequence[DueWindow], after: PostKey | None
+    ) -> tuple[CollectionStats, PostKey] | None:
+        """Claim the next due posts after `after`, fetch them and write their checks, in
+        one transaction; None when no due post is left.
 
         The claim comes first, so two collectors on the same tick (or a slow cycle and
         the next one) never fetch or check the same post twice.
@@ -217,13 +223,16 @@ class Collector:
         started = time.perf_counter()
         stats = CollectionStats(batches=1)
         with write_transaction(self.engine) as connection:
-            claimed = repository.claim_due_posts(connection, keys, windows)
-            fetched = self.source.fetch(claimed, now) if claimed else FetchResult()
-            self._write_checks(connection, fetched.observations, stats)
+            claimed = repository.claim_due_batch(connection, windows, after, self.batch_size)
+            if not claimed:
+                return None
+            fetched = self.source.fetch([post.key for post in claimed], now)
+            states = {post.key: post.state for post in claimed if post.state is not None}
+            self._write_checks(connection, fetched.observations, stats, states)
         for rejection in fetched.rejections:
             stats.record_rejection(rejection)
-        self._log_batch(stats, started, skipped=len(keys) - len(claimed))
-        return stats
+        self._log_batch(stats, started)
+        return stats, claimed[-1].key
 
     def next_due_at(self, now: datetime) -> datetime | None:
         """The earliest moment after `now`'s cycle when a post may be due (a lower bound)."""
@@ -242,11 +251,21 @@ class Collector:
         return stats
 
     def _write_checks(
-        self, connection: Connection, observations: Sequence[Observation], stats: CollectionStats
+        self,
+        connection: Connection,
+        observations: Sequence[Observation],
+        stats: CollectionStats,
+        states: Mapping[PostKey, PostState] | None = None,
     ) -> None:
+        """Decide every observation and write the batch: one insert, one upsert.
+
+        `states` are the posts' check rows as already read under the claim; without
+        them they are read here, in one statement.
+        """
         snapshot_rows: list[dict[str, Any]] = []
         check_rows: list[dict[str, Any]] = []
-        states = repository.load_post_states(connection, [o.key for o in observations])
+        if states is None:
+            states = repository.load_post_states(connection, [o.key for o in observations])
         for observation in observations:
             state = states.get(observation.key)
             if state is not None and observation.observed_at <= state.last_checked_at:
@@ -261,16 +280,27 @@ class Collector:
         repository.upsert_checks(connection, check_rows)
 
     @staticmethod
-    def _log_batch(stats: CollectionStats, started: float, skipped: int = 0) -> None:
+    def _log_batch(stats: CollectionStats, started: float) -> None:
         stats.seconds = time.perf_counter() - started
         log.debug(
-            "collect.batch checks=%d saved=%d rejected=%d skipped=%d seconds=%.3f",
+            "collect.batch checks=%d saved=%d rejected=%d seconds=%.3f",
             stats.checks,
             stats.saved,
             stats.rejected,
-            skipped,
             stats.seconds,
         )
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of at most `size` items."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _out_of_order(observation: Observation, state: PostState) -> Rejection:

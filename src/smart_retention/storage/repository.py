@@ -5,7 +5,8 @@ batch size: one read of the check rows joined to their last stored snapshots, on
 multi-row insert of snapshots, one multi-row upsert of check rows. None of them commits.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -16,9 +17,12 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
+    Table,
+    Text,
     and_,
     bindparam,
     case,
+    cast,
     func,
     or_,
     select,
@@ -57,6 +61,15 @@ class PostState:
     policy_state: Any
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedPost:
+    """A due post locked for the current transaction, with what is known of it."""
+
+    key: PostKey
+    posted_at: datetime
+    state: PostState | None
+
+
 _DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
@@ -79,13 +92,16 @@ def register_posts(connection: Connection, infos: Sequence[PostInfo], now: datet
         dialect_insert(connection, channels).on_conflict_do_nothing(),
         [{"channel_id": channel_id, "created_at": now} for channel_id in channel_ids],
     )
-    connection.execute(
-        dialect_insert(connection, posts).on_conflict_do_nothing(),
-        [
-            {"channel_id": i.key.channel_id, "msg_id": i.key.msg_id, "posted_at": i.posted_at}
-            for i in infos
-        ],
-    )
+    rows = [
+        {
+            "channel_id": i.key.channel_id,
+            "msg_id": i.key.msg_id,
+            "posted_at": i.posted_at,
+            "deleted_at": None,
+        }
+        for i in infos
+    ]
+    _execute_rows(connection, posts, _register_posts_statement, rows)
 
 
 def iter_due_posts(
@@ -114,22 +130,34 @@ def iter_due_posts(
         params["after_channel_id"], params["after_msg_id"] = rows[-1].channel_id, rows[-1].msg_id
 
 
-def claim_due_posts(
-    connection: Connection, keys: Sequence[PostKey], windows: Sequence[DueWindow]
-) -> list[PostKey]:
-    """Of `keys`, those still due, locked for this transaction.
+def claim_due_batch(
+    connection: Connection,
+    windows: Sequence[DueWindow],
+    after: PostKey | None,
+    limit: int,
+) -> list[ClaimedPost]:
+    """The next `limit` due posts after `after`, in key order, locked for this
+    transaction, with their check rows and last stored snapshots: one statement.
 
     Posts another collector holds are skipped rather than waited for (PostgreSQL: FOR
-    UPDATE SKIP LOCKED), and due-ness is checked again under the lock, so a post that
-    another collector checked since the page was read is left alone. On SQLite the
-    caller's IMMEDIATE transaction already excludes every other writer.
+    UPDATE SKIP LOCKED), and due-ness is evaluated under the lock, so a post another
+    collector has just checked is left alone. On SQLite the caller's IMMEDIATE
+    transaction already excludes every other writer.
     """
-    if not keys or not windows:
+    if not windows:
         return []
-    params = _window_params(windows)
-    params["keys"] = [tuple(k) for k in keys]
-    rows = connection.execute(_claim_query(len(windows)), params)
-    return [PostKey(channel_id, msg_id) for channel_id, msg_id in rows]
+    params = {**_window_params(windows), "limit": limit}
+    if after is None:
+        query = _claim_queries(len(windows))[0]
+    else:
+        query = _claim_queries(len(windows))[1]
+        params["after_channel_id"], params["after_msg_id"] = after
+    claimed = []
+    for channel_id, msg_id, posted_at, *state in connection.execute(query, params):
+        claimed.append(
+            ClaimedPost(PostKey(channel_id, msg_id), posted_at, _state_from_columns(state))
+        )
+    return claimed
 
 
 def _window_params(windows: Sequence[DueWindow]) -> dict[str, Any]:
@@ -182,18 +210,26 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
 
 
 @lru_cache(maxsize=16)
-def _claim_query(window_count: int) -> Select[Any]:
+def _claim_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
+    """The claim query for the first batch and for the batch after a given key."""
     checks = post_metrics_checks
-    return (
-        select(posts.c.channel_id, posts.c.msg_id)
-        .select_from(posts.outerjoin(checks, _same_post(checks, posts)))
-        .where(
-            _due_condition(window_count),
-            tuple_(posts.c.channel_id, posts.c.msg_id).in_(bindparam("keys", expanding=True)),
+    first = (
+        select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at, *_STATE_COLUMNS)
+        .select_from(
+            posts.outerjoin(checks, _same_post(checks, posts)).outerjoin(
+                post_metrics, _last_stored_snapshot_of(checks)
+            )
         )
+        .where(_due_condition(window_count))
         .order_by(posts.c.channel_id, posts.c.msg_id)
+        .limit(bindparam("limit", type_=Integer))
         .with_for_update(of=posts, skip_locked=True)
     )
+    after = first.where(
+        tuple_(posts.c.channel_id, posts.c.msg_id)
+        > tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
+    )
+    return first, after
 
 
 def tier_outlooks(connection: Connection, windows: Sequence[DueWindow]) -> list[TierOutlook]:
@@ -248,59 +284,68 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
         return {}
     states = {}
     rows = connection.execute(_POST_STATES_QUERY, {"keys": [tuple(k) for k in keys]})
-    for (
-        channel_id, msg_id, last_checked_at, last_changed_at, last_saved_at,
-        checks_since_save, stable_since, policy_state,
-        last_views, last_forwards, last_reactions, last_replies,
-        snapshot_time, views, forwards, reactions, replies,
-    ) in rows:  # fmt: skip
-        states[PostKey(channel_id, msg_id)] = PostState(
-            last_checked_at=last_checked_at,
-            last_changed_at=last_changed_at,
-            last_saved_at=last_saved_at,
-            checks_since_save=checks_since_save,
-            stable_since=stable_since,
-            last_observed=Counters(last_views, last_forwards, last_reactions, last_replies),
-            last_stored=(
-                None if snapshot_time is None else Counters(views, forwards, reactions, replies)
-            ),
-            policy_state=policy_state,
-        )
+    for channel_id, msg_id, *columns in rows:
+        state = _state_from_columns(columns)
+        if state is not None:
+            states[PostKey(channel_id, msg_id)] = state
     return states
 
 
+def _state_from_columns(columns: Sequence[Any]) -> PostState | None:
+    """A PostState from the values of `_STATE_COLUMNS`; None for a post never checked."""
+    (
+        last_checked_at, last_changed_at, last_saved_at, checks_since_save, stable_since,
+        policy_state, last_views, last_forwards, last_reactions, last_replies,
+        snapshot_time, views, forwards, reactions, replies,
+    ) = columns  # fmt: skip
+    if last_checked_at is None:
+        return None
+    return PostState(
+        last_checked_at=last_checked_at,
+        last_changed_at=last_changed_at,
+        last_saved_at=last_saved_at,
+        checks_since_save=checks_since_save,
+        stable_since=stable_since,
+        last_observed=Counters(last_views, last_forwards, last_reactions, last_replies),
+        last_stored=(
+            None if snapshot_time is None else Counters(views, forwards, reactions, replies)
+        ),
+        policy_state=policy_state,
+    )
+
+
+def _last_stored_snapshot_of(checks: Any) -> Any:
+    return and_(
+        _same_post(post_metrics, checks),
+        post_metrics.c.snapshot_time == checks.c.last_saved_at,
+    )
+
+
+_STATE_COLUMNS = (
+    post_metrics_checks.c.last_checked_at,
+    post_metrics_checks.c.last_changed_at,
+    post_metrics_checks.c.last_saved_at,
+    post_metrics_checks.c.checks_since_save,
+    post_metrics_checks.c.stable_since,
+    post_metrics_checks.c.policy_state,
+    *(post_metrics_checks.c[f"last_{name}"] for name in COUNTER_NAMES),
+    post_metrics.c.snapshot_time,
+    *(post_metrics.c[name] for name in COUNTER_NAMES),
+)
+
+
 def _post_states_query() -> Select[Any]:
-    checks, snapshot = post_metrics_checks, post_metrics
+    checks = post_metrics_checks
     return (
-        select(
-            checks.c.channel_id,
-            checks.c.msg_id,
-            checks.c.last_checked_at,
-            checks.c.last_changed_at,
-            checks.c.last_saved_at,
-            checks.c.checks_since_save,
-            checks.c.stable_since,
-            checks.c.policy_state,
-            *(checks.c[f"last_{name}"] for name in COUNTER_NAMES),
-            snapshot.c.snapshot_time,
-            *(snapshot.c[name] for name in COUNTER_NAMES),
-        )
-        .select_from(
-            checks.outerjoin(
-                snapshot,
-                and_(
-                    _same_post(snapshot, checks),
-                    snapshot.c.snapshot_time == checks.c.last_saved_at,
-                ),
-            )
-        )
+        select(checks.c.channel_id, checks.c.msg_id, *_STATE_COLUMNS)
+        .select_from(checks.outerjoin(post_metrics, _last_stored_snapshot_of(checks)))
         .where(tuple_(checks.c.channel_id, checks.c.msg_id).in_(bindparam("keys", expanding=True)))
     )
 
 
 def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        connection.execute(post_metrics.insert(), list(rows))
+        _execute_rows(connection, post_metrics, _insert_statement, rows)
 
 
 def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -311,13 +356,69 @@ def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
     concurrent writer.
     """
     if rows:
-        connection.execute(_upsert_checks_statement(connection.dialect.name), list(rows))
+        _execute_rows(connection, post_metrics_checks, _upsert_checks_statement, rows)
 
 
-@lru_cache(maxsize=4)
-def _upsert_checks_statement(dialect_name: str) -> Insert:
-    table = post_metrics_checks
+def _execute_rows(
+    connection: Connection,
+    table: Table,
+    statement_for: Callable[[str, bool], Insert],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Write `rows` with one statement.
+
+    On PostgreSQL the rows travel as one array per column and are expanded by
+    `unnest`: one statement and one round trip, where executemany sends a statement
+    per row. Elsewhere (SQLite, in process) executemany is already cheap.
+    """
+    if connection.dialect.name == "postgresql":
+        columns = {column.name: [row[column.name] for row in rows] for column in table.columns}
+        for name in _JSON_COLUMNS.get(table.name, ()):
+            columns[name] = [None if v is None else json.dumps(v) for v in columns[name]]
+        connection.execute(statement_for("postgresql", True), columns)
+    else:
+        connection.execute(statement_for(connection.dialect.name, False), list(rows))
+
+
+# JSON travels as text inside the arrays and is cast back in SQL.
+_JSON_COLUMNS = {"post_metrics_checks": ("policy_state",)}
+
+
+def _unnest_rows(table: Table) -> Select[Any]:
+    """SELECT that turns one array parameter per column into rows (PostgreSQL)."""
+    json_columns = _JSON_COLUMNS.get(table.name, ())
+    selected = []
+    for column in table.columns:
+        if column.name in json_columns:
+            array = bindparam(column.name, type_=postgresql.ARRAY(Text))
+            selected.append(cast(func.unnest(array), column.type).label(column.name))
+        else:
+            array = bindparam(column.name, type_=postgresql.ARRAY(column.type))
+            selected.append(type_coerce(func.unnest(array), column.type).label(column.name))
+    return select(*selected)
+
+
+def _insert_into(table: Table, dialect_name: str, arrays: bool) -> Insert:
     statement = _DIALECT_INSERTS[dialect_name](table)
+    if arrays:
+        statement = statement.from_select([c.name for c in table.columns], _unnest_rows(table))
+    return statement
+
+
+@lru_cache(maxsize=8)
+def _register_posts_statement(dialect_name: str, arrays: bool) -> Insert:
+    return _insert_into(posts, dialect_name, arrays).on_conflict_do_nothing()
+
+
+@lru_cache(maxsize=8)
+def _insert_statement(dialect_name: str, arrays: bool) -> Insert:
+    return _insert_into(post_metrics, dialect_name, arrays)
+
+
+@lru_cache(maxsize=8)
+def _upsert_checks_statement(dialect_name: str, arrays: bool) -> Insert:
+    table = post_metrics_checks
+    statement = _insert_into(table, dialect_name, arrays)
     excluded = statement.excluded
     replaced = {
         column.name: excluded[column.name]
