@@ -343,6 +343,23 @@ def test_an_unknown_canonical_name_in_column_is_a_one_line_error_with_status_2(
     assert "unknown column 'foo'" in message
 
 
+def test_a_max_age_inside_the_last_tier_is_a_one_line_error_with_status_2(
+    tmp_path: Path,
+) -> None:
+    """The last tier starts at 7 days, so polling cannot stop before that."""
+    recording = write_csv(tmp_path / "ok.csv", [[CHANNEL, 1, POSTED, SEEN, 5, 0, 0, 0]])
+    result = run_cli(
+        "replay",
+        str(recording),
+        "--max-age-days",
+        "5",
+        "--db",
+        f"sqlite:///{tmp_path / 'x.sqlite3'}",
+    )
+    message = one_line_error(result)
+    assert message.startswith("error: --max-age-days: max_age 5 days")
+
+
 def test_a_file_without_channel_id_and_no_channel_id_option_is_an_error_naming_channel_id(
     tmp_path: Path,
 ) -> None:

@@ -20,6 +20,10 @@ class InputFileError(UserError):
     """The recorded file cannot be read: missing, unreadable, or a required column absent."""
 
 
+class InvalidOption(UserError):
+    """A command-line option has a value the command cannot use."""
+
+
 class ReplayTargetNotEmpty(UserError):
     """The target database already holds rows for a channel that the replay would write."""
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from smart_retention.collector import DEFAULT_BATCH_SIZE, BracketStats, CollectionStats, Collector
-from smart_retention.errors import ReplayTargetNotEmpty
+from smart_retention.errors import InvalidOption, ReplayTargetNotEmpty
 from smart_retention.observation import Observation, PostInfo
 from smart_retention.policy import DEFAULT_PROFILE, Profile
 from smart_retention.schedule import DEFAULT_TIERS, Tier, extend_last_tier
@@ -87,7 +87,10 @@ def run_replay(
     _prepare_target(engine, recording, options.replace)
     tiers = options.tiers
     if options.max_age is not None:
-        tiers = extend_last_tier(tiers, options.max_age)
+        try:
+            tiers = extend_last_tier(tiers, options.max_age)
+        except ValueError as error:
+            raise InvalidOption(f"--max-age-days: {error}") from None
     source = RecordedSource(recording.observations)
     collector = Collector(
         engine, source, profile=options.profile, tiers=tiers, batch_size=options.batch_size
