@@ -8,6 +8,7 @@ when the server does not answer on a laptop, and fail when the variable CI is se
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,9 @@ def require_real_data(name: str) -> Path:
     return path
 
 
-@pytest.fixture(params=ENGINES)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database (no tables) on each engine, as a URL a subprocess can use too."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
-        return
+@contextmanager
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections use a new, empty schema, dropped afterwards."""
     require_postgres()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL)
@@ -82,6 +80,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database (no tables) on each engine, as a URL a subprocess can use too."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    with postgres_schema_url() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database_url() -> Iterator[str]:
+    """An empty PostgreSQL database, for what only PostgreSQL can show."""
+    with postgres_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

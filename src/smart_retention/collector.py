@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from smart_retention import policy
 from smart_retention.observation import Observation, ObservationError, PostKey, Rejection
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE = 500
+# A batch whose database connection is lost is tried this many times in all.
+BATCH_ATTEMPTS = 3
 # The report keeps this many rejection messages; the count is always complete.
 REJECTIONS_KEPT = 1000
 SECONDS_PER_HOUR = 3600.0
@@ -194,7 +197,7 @@ class Collector:
             discovered += len(infos)
         windows = due_windows(now, self.tiers, tier_names)
         after: PostKey | None = None
-        while (batch := self._collect_next_batch(now, windows, after)) is not None:
+        while (batch := self._collect_next_batch_retrying(now, windows, after)) is not None:
             batch_stats, after = batch
             stats.merge(batch_stats)
         stats.seconds = time.perf_counter() - started
@@ -210,6 +213,28 @@ class Collector:
             stats.seconds,
         )
         return stats
+
+    def _collect_next_batch_retrying(
+        self, now: datetime, windows: Sequence[DueWindow], after: PostKey | None
+    ) -> tuple[CollectionStats, PostKey] | None:
+        """`_collect_next_batch`, tried again when the database connection is lost.
+
+        A lost connection rolls the batch back whole (nothing partial is committed) and
+        releases its claim, so trying again claims the same posts afresh.
+        """
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            try:
+                return self._collect_next_batch(now, windows, after)
+            except DBAPIError as error:
+                if not error.connection_invalidated or attempt == BATCH_ATTEMPTS:
+                    raise
+                log.warning(
+                    "collect.batch_retry attempt=%d after=%s error=%r",
+                    attempt,
+                    after,
+                    str(error.orig).strip(),
+                )
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _collect_next_batch(
         self, now: datetime, windows: Sequence[DueWindow], after: PostKey | None
