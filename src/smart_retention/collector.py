@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE = 500
+# After registering this many new posts at once, refresh the planner's statistics.
+ANALYZE_AFTER_NEW_POSTS = 10_000
 # A batch whose database connection is lost is tried this many times in all.
 BATCH_ATTEMPTS = 3
 # The report keeps this many rejection messages; the count is always complete.
@@ -195,6 +197,9 @@ class Collector:
             with self.engine.begin() as connection:
                 repository.register_posts(connection, infos, now)
             discovered += len(infos)
+        if discovered >= ANALYZE_AFTER_NEW_POSTS:
+            with self.engine.begin() as connection:
+                repository.refresh_planner_statistics(connection)
         windows = due_windows(now, self.tiers, tier_names)
         after: PostKey | None = None
         while (batch := self._collect_next_batch_retrying(now, windows, after)) is not None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     tuple_,
     type_coerce,
 )
@@ -212,24 +213,31 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
 @lru_cache(maxsize=16)
 def _claim_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
     """The claim query for the first batch and for the batch after a given key."""
+    return _claim_query(window_count, paged=False), _claim_query(window_count, paged=True)
+
+
+def _claim_query(window_count: int, paged: bool) -> Select[Any]:
     checks = post_metrics_checks
-    first = (
+
+    def after_key(table: Table) -> Any:
+        after = tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
+        return tuple_(table.c.channel_id, table.c.msg_id) > after if paged else true()
+
+    # The key bound is repeated in each join: it adds no condition (a joined row has the
+    # post's key) but lets PostgreSQL start every index scan at the page, so a batch
+    # costs what it returns rather than what comes before it.
+    joined = posts.outerjoin(checks, and_(_same_post(checks, posts), after_key(checks)))
+    joined = joined.outerjoin(
+        post_metrics, and_(_last_stored_snapshot_of(checks), after_key(post_metrics))
+    )
+    return (
         select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at, *_STATE_COLUMNS)
-        .select_from(
-            posts.outerjoin(checks, _same_post(checks, posts)).outerjoin(
-                post_metrics, _last_stored_snapshot_of(checks)
-            )
-        )
-        .where(_due_condition(window_count))
+        .select_from(joined)
+        .where(_due_condition(window_count), after_key(posts))
         .order_by(posts.c.channel_id, posts.c.msg_id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(of=posts, skip_locked=True)
     )
-    after = first.where(
-        tuple_(posts.c.channel_id, posts.c.msg_id)
-        > tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
-    )
-    return first, after
 
 
 def tier_outlooks(connection: Connection, windows: Sequence[DueWindow]) -> list[TierOutlook]:
@@ -433,6 +441,18 @@ def _upsert_checks_statement(dialect_name: str, arrays: bool) -> Insert:
             "save_count": table.c.save_count + excluded.save_count,
         },
     )
+
+
+def refresh_planner_statistics(connection: Connection) -> None:
+    """ANALYZE the collector's tables on PostgreSQL, after a large change in them.
+
+    The claim query walks the posts in key order only when the planner knows how many
+    there are; with statistics from an almost empty table it sorts every due post for
+    every batch. Autovacuum catches up eventually; this makes it immediate.
+    """
+    if connection.dialect.name == "postgresql":
+        for table in (posts, post_metrics_checks, post_metrics):
+            connection.exec_driver_sql(f"ANALYZE {table.name}")
 
 
 def channel_ids_present(connection: Connection, channel_ids: Iterable[int]) -> list[int]:
