@@ -145,7 +145,7 @@ def test_statements_per_batch_do_not_grow_with_the_batch(engine: Engine, batch_p
 def test_statements_per_cycle_batch_do_not_grow_with_the_batch(
     engine: Engine, batch_size: int
 ) -> None:
-    """A cycle's batch: claim the due posts with their states, insert, upsert."""
+    """A cycle's batch: lock the due posts, read their states, insert, upsert."""
     history = [observation(m, T0 + timedelta(minutes=1), 10 * m) for m in range(1, 41)]
     collector = collector_for(engine, history, batch_size=batch_size)
     now = T0 + timedelta(minutes=10)
@@ -154,9 +154,9 @@ def test_statements_per_cycle_batch_do_not_grow_with_the_batch(
         stats = collector.run_cycle(now)
     batches = 40 // batch_size
     assert stats.batches == batches
-    # Per batch: the claim (which reads the states too), one insert and one upsert;
-    # then one more claim finds nothing left.
-    assert len(statements) == 3 * batches + 1, statements
+    # Per batch: the claim's lock and its fresh read of the states, one insert and one
+    # upsert; then one more claim finds nothing left.
+    assert len(statements) == 4 * batches + 1, statements
 
 
 def test_a_cycle_checks_due_posts_in_batches_of_the_given_size(engine: Engine) -> None:

@@ -8,6 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
 
 from smart_retention.collector import Collector
@@ -25,10 +26,10 @@ FRESH_INTERVAL = timedelta(minutes=10)
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _recording() -> list[Observation]:
-    """60 fresh posts, each seen twice before T0 and again before T0 + 10 min."""
+def _recording(posts: int = POSTS) -> list[Observation]:
+    """Fresh posts, each seen twice before T0 and again before T0 + 10 min."""
     observations = []
-    for msg_id in range(1, POSTS + 1):
+    for msg_id in range(1, posts + 1):
         posted_at = T0 - timedelta(minutes=30)
         for minutes, views in ((-20, 100 + msg_id), (-1, 130 + msg_id), (9, 200 + msg_id)):
             observations.append(
@@ -45,8 +46,8 @@ def _recording() -> list[Observation]:
 class _LoggingSource:
     """The recorded source, slowed down, reporting every fetched post and moment."""
 
-    def __init__(self, fetch_log: Any, delay_s: float) -> None:
-        self.inner = RecordedSource(_recording())
+    def __init__(self, fetch_log: Any, delay_s: float, posts: int) -> None:
+        self.inner = RecordedSource(_recording(posts))
         self.fetch_log = fetch_log
         self.delay_s = delay_s
 
@@ -60,22 +61,26 @@ class _LoggingSource:
         return self.inner.fetch(keys, now)
 
 
-def _run_collector(url: str, now_iso: str, start_at: float, delay_s: float, log: Any) -> None:
+def _run_collector(
+    url: str, now_iso: str, start_at: float, delay_s: float, log: Any, posts: int
+) -> None:
     engine = make_engine(url)
-    collector = Collector(engine, _LoggingSource(log, delay_s), batch_size=BATCH_SIZE)
+    collector = Collector(engine, _LoggingSource(log, delay_s, posts), batch_size=BATCH_SIZE)
     time.sleep(max(0.0, start_at - time.time()))
     collector.run_cycle(datetime.fromisoformat(now_iso))
     engine.dispose()
 
 
-def _run_in_processes(url: str, runs: list[tuple[datetime, float, float]]) -> list[tuple]:
+def _run_in_processes(
+    url: str, runs: list[tuple[datetime, float, float]], posts: int = POSTS
+) -> list[tuple]:
     """Run one collection cycle per (now, start delay, fetch delay), each in its own process."""
     fetch_log = SPAWN.Queue()
     start = time.time() + 2.0  # time for both children to import and connect
     children = [
         SPAWN.Process(
             target=_run_collector,
-            args=(url, now.isoformat(), start + start_delay, fetch_delay, fetch_log),
+            args=(url, now.isoformat(), start + start_delay, fetch_delay, fetch_log, posts),
         )
         for now, start_delay, fetch_delay in runs
     ]
@@ -101,24 +106,34 @@ def _database_state(engine: Engine) -> tuple[list[Any], list[Any]]:
     return snapshots, checks
 
 
+@pytest.mark.parametrize(
+    ("posts", "fetch_delay_s"),
+    [
+        pytest.param(POSTS, 0.05, id="slow-fetches-interleave"),
+        # With instant fetches a batch often commits while the other collector's claim
+        # statement runs: the case that needs the claim's fresh re-read.
+        pytest.param(600, 0.0, id="instant-fetches-race"),
+    ],
+)
 def test_two_collectors_on_the_same_tick_write_what_one_would(
-    database_url: str, engine: Engine, tmp_path: Path
+    database_url: str, engine: Engine, tmp_path: Path, posts: int, fetch_delay_s: float
 ) -> None:
     """No post checked twice, no duplicate snapshot, no lost check_count increment."""
-    fetched = _run_in_processes(database_url, [(T0, 0.0, 0.05), (T0, 0.0, 0.05)])
+    runs = [(T0, 0.0, fetch_delay_s), (T0, 0.0, fetch_delay_s)]
+    fetched = _run_in_processes(database_url, runs, posts)
 
     per_post = Counter(key for key, _ in fetched)
-    assert len(per_post) == POSTS
+    assert len(per_post) == posts
     assert set(per_post.values()) == {1}, "a post was fetched by both collectors"
 
     reference = make_engine(f"sqlite:///{tmp_path / 'one-collector.sqlite3'}")
     migrate.upgrade(reference)
-    Collector(reference, RecordedSource(_recording()), batch_size=BATCH_SIZE).run_cycle(T0)
+    Collector(reference, RecordedSource(_recording(posts)), batch_size=BATCH_SIZE).run_cycle(T0)
     expected = _database_state(reference)
     reference.dispose()
     assert _database_state(engine) == expected
     snapshots, checks = _database_state(engine)
-    assert len(snapshots) == POSTS
+    assert len(snapshots) == posts
     assert all(row.check_count == 1 for row in checks)
 
 

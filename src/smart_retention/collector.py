@@ -22,7 +22,7 @@ from smart_retention import policy
 from smart_retention.observation import Observation, ObservationError, PostKey, Rejection
 from smart_retention.policy import DEFAULT_PROFILE, Decision, Profile
 from smart_retention.schedule import DEFAULT_TIERS, DueWindow, Tier, due_windows, earliest_due
-from smart_retention.sources import Source
+from smart_retention.sources import FetchResult, Source
 from smart_retention.storage import repository
 from smart_retention.storage.engine import write_transaction
 from smart_retention.storage.repository import PostState
@@ -253,16 +253,18 @@ class Collector:
         started = time.perf_counter()
         stats = CollectionStats(batches=1)
         with write_transaction(self.engine) as connection:
-            claimed = repository.claim_due_batch(connection, windows, after, self.batch_size)
-            if not claimed:
+            batch = repository.claim_due_batch(connection, windows, after, self.batch_size)
+            if batch.last_key is None:
                 return None
-            fetched = self.source.fetch([post.key for post in claimed], now)
-            states = {post.key: post.state for post in claimed if post.state is not None}
+            keys = [post.key for post in batch.posts]
+            # Every post on the page may have been checked meanwhile by another collector.
+            fetched = self.source.fetch(keys, now) if keys else FetchResult()
+            states = {post.key: post.state for post in batch.posts if post.state is not None}
             self._write_checks(connection, fetched.observations, stats, states)
         for rejection in fetched.rejections:
             stats.record_rejection(rejection)
         self._log_batch(stats, started)
-        return stats, claimed[-1].key
+        return stats, batch.last_key
 
     def next_due_at(self, now: datetime) -> datetime | None:
         """The earliest moment after `now`'s cycle when a post may be due (a lower bound)."""

@@ -155,6 +155,17 @@ def earliest_due(now: datetime, outlooks: Iterable[TierOutlook]) -> datetime | N
     return min(candidates, default=None)
 
 
+def due_in_windows(
+    posted_at: datetime, last_checked_at: datetime | None, windows: Iterable[DueWindow]
+) -> bool:
+    """The due rule of `due_windows`, for one post: the form storage uses, in Python."""
+    return any(
+        window.posted_after < posted_at <= window.posted_at_or_before
+        and (last_checked_at is None or last_checked_at <= window.checked_at_or_before)
+        for window in windows
+    )
+
+
 def polling_horizon(tiers: Sequence[Tier] = DEFAULT_TIERS) -> timedelta:
     """Posts at least this old are no longer polled."""
     return max(tier.max_age for tier in tiers)

@@ -34,9 +34,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from smart_retention.observation import Counters, PostInfo, PostKey
-from smart_retention.schedule import DueWindow, TierOutlook
+from smart_retention.schedule import DueWindow, TierOutlook, due_in_windows
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
-from smart_retention.storage.types import UTCDateTime
+from smart_retention.storage.types import Counter, UTCDateTime
 
 COUNTER_NAMES = Counters._fields
 
@@ -69,6 +69,15 @@ class ClaimedPost:
     key: PostKey
     posted_at: datetime
     state: PostState | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """Posts claimed for this transaction, and the last key looked at (the next page
+    starts after it); `last_key` is None when no due post was left."""
+
+    posts: list[ClaimedPost]
+    last_key: PostKey | None
 
 
 _DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -136,29 +145,37 @@ def claim_due_batch(
     windows: Sequence[DueWindow],
     after: PostKey | None,
     limit: int,
-) -> list[ClaimedPost]:
+) -> ClaimedBatch:
     """The next `limit` due posts after `after`, in key order, locked for this
-    transaction, with their check rows and last stored snapshots: one statement.
+    transaction, with their check rows and last stored snapshots.
 
-    Posts another collector holds are skipped rather than waited for (PostgreSQL: FOR
-    UPDATE SKIP LOCKED), and due-ness is evaluated under the lock, so a post another
-    collector has just checked is left alone. On SQLite the caller's IMMEDIATE
-    transaction already excludes every other writer.
+    Two statements, on purpose. The first locks the posts (PostgreSQL: FOR UPDATE SKIP
+    LOCKED, so posts another collector holds are skipped, not waited for); but it judges
+    due-ness from the check rows as they were when it started, and a collector that
+    committed a moment before the lock was taken is not visible to it. The second reads
+    the check rows afresh, under the lock, and posts found checked meanwhile are let go.
+    On SQLite the caller's IMMEDIATE transaction excludes every other writer anyway.
     """
     if not windows:
-        return []
+        return ClaimedBatch([], None)
     params = {**_window_params(windows), "limit": limit}
     if after is None:
         query = _claim_queries(len(windows))[0]
     else:
         query = _claim_queries(len(windows))[1]
         params["after_channel_id"], params["after_msg_id"] = after
+    locked = [
+        (PostKey(channel_id, msg_id), posted_at)
+        for channel_id, msg_id, posted_at in connection.execute(query, params)
+    ]
+    states = load_post_states(connection, [key for key, _ in locked])
     claimed = []
-    for channel_id, msg_id, posted_at, *state in connection.execute(query, params):
-        claimed.append(
-            ClaimedPost(PostKey(channel_id, msg_id), posted_at, _state_from_columns(state))
-        )
-    return claimed
+    for key, posted_at in locked:
+        state = states.get(key)
+        last_checked_at = state.last_checked_at if state is not None else None
+        if due_in_windows(posted_at, last_checked_at, windows):
+            claimed.append(ClaimedPost(key, posted_at, state))
+    return ClaimedBatch(claimed, locked[-1][0] if locked else None)
 
 
 def _window_params(windows: Sequence[DueWindow]) -> dict[str, Any]:
@@ -223,15 +240,12 @@ def _claim_query(window_count: int, paged: bool) -> Select[Any]:
         after = tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
         return tuple_(table.c.channel_id, table.c.msg_id) > after if paged else true()
 
-    # The key bound is repeated in each join: it adds no condition (a joined row has the
-    # post's key) but lets PostgreSQL start every index scan at the page, so a batch
+    # The key bound is repeated in the join: it adds no condition (a joined row has the
+    # post's key) but lets PostgreSQL start both index scans at the page, so a batch
     # costs what it returns rather than what comes before it.
     joined = posts.outerjoin(checks, and_(_same_post(checks, posts), after_key(checks)))
-    joined = joined.outerjoin(
-        post_metrics, and_(_last_stored_snapshot_of(checks), after_key(post_metrics))
-    )
     return (
-        select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at, *_STATE_COLUMNS)
+        select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at)
         .select_from(joined)
         .where(_due_condition(window_count), after_key(posts))
         .order_by(posts.c.channel_id, posts.c.msg_id)
@@ -290,8 +304,19 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
     """Check rows and last stored snapshots of `keys`, in one statement."""
     if not keys:
         return {}
+    if connection.dialect.name == "postgresql":
+        # Two arrays joined by unnest: PostgreSQL turns a long (a, b) IN (...) list into
+        # an OR chain tested against every row.
+        params: dict[str, Any] = {
+            "channel_ids": [key.channel_id for key in keys],
+            "msg_ids": [key.msg_id for key in keys],
+        }
+        rows = connection.execute(_post_states_query(arrays=True), params)
+    else:
+        rows = connection.execute(
+            _post_states_query(arrays=False), {"keys": [tuple(k) for k in keys]}
+        )
     states = {}
-    rows = connection.execute(_POST_STATES_QUERY, {"keys": [tuple(k) for k in keys]})
     for channel_id, msg_id, *columns in rows:
         state = _state_from_columns(columns)
         if state is not None:
@@ -342,12 +367,23 @@ _STATE_COLUMNS = (
 )
 
 
-def _post_states_query() -> Select[Any]:
+@lru_cache(maxsize=2)
+def _post_states_query(arrays: bool) -> Select[Any]:
     checks = post_metrics_checks
+    if arrays:
+        wanted = select(
+            func.unnest(bindparam("channel_ids", type_=postgresql.ARRAY(Counter))),
+            func.unnest(bindparam("msg_ids", type_=postgresql.ARRAY(Counter))),
+        )
+        in_keys = tuple_(checks.c.channel_id, checks.c.msg_id).in_(wanted)
+    else:
+        in_keys = tuple_(checks.c.channel_id, checks.c.msg_id).in_(
+            bindparam("keys", expanding=True)
+        )
     return (
         select(checks.c.channel_id, checks.c.msg_id, *_STATE_COLUMNS)
         .select_from(checks.outerjoin(post_metrics, _last_stored_snapshot_of(checks)))
-        .where(tuple_(checks.c.channel_id, checks.c.msg_id).in_(bindparam("keys", expanding=True)))
+        .where(in_keys)
     )
 
 
@@ -479,6 +515,3 @@ def count_rows(connection: Connection, table: Any) -> int:
 
 def _same_post(left: Any, right: Any) -> Any:
     return and_(left.c.channel_id == right.c.channel_id, left.c.msg_id == right.c.msg_id)
-
-
-_POST_STATES_QUERY = _post_states_query()
