@@ -40,7 +40,7 @@ TELEGRAM_COLUMNS = {
 BASELINE_BATCH_SIZE = 500
 
 
-def _every_poll_baseline(engine, recording) -> None:  # noqa: ANN001
+def _every_poll_baseline(engine, recording) -> None:
     infos = {o.key: PostInfo(o.key, o.posted_at) for o in recording.observations}
     first = recording.observations[0].observed_at
     with engine.begin() as connection:
@@ -62,7 +62,7 @@ def _every_poll_baseline(engine, recording) -> None:  # noqa: ANN001
             )
 
 
-def _run_case(case: str, recording_path: str, max_age_days: float, db_path: str, out) -> None:  # noqa: ANN001
+def _run_case(case: str, recording_path: str, max_age_days: float, db_path: str, out) -> None:
     started = time.perf_counter()
     engine = make_engine(f"sqlite:///{db_path}")
     migrate.upgrade(engine)

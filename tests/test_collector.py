@@ -63,7 +63,7 @@ def stored_views(engine: Engine, msg_id: int) -> list[int | None]:
 def counted_statements(engine: Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
-    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def count(conn, cursor, statement, parameters, context, executemany):
         # Transaction control (SQLite's explicit BEGIN) is not a data statement.
         if not statement.startswith("BEGIN"):
             statements.append(statement)

@@ -1,9 +1,20 @@
 """Settings, read once from `SMART_RETENTION_*` environment variables and a `.env` file."""
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///smart-retention.sqlite3"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+# An API token shorter than this is a guess away; `secrets.token_urlsafe(32)` gives 43.
+MIN_TOKEN_LENGTH = 24
+# Values copied from examples and never replaced. Compared case-insensitively.
+PLACEHOLDER_TOKENS = frozenset(
+    {"changeme", "change-me", "change_me", "secret", "token", "password", "example", "test"}
+)
+PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "replace", "example", "your-", "xxx")
 
 
 class Settings(BaseSettings):
@@ -12,6 +23,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # A rejected setting may be a token: never echo its value in the error.
+        hide_input_in_errors=True,
     )
 
     database_url: str = Field(
@@ -25,6 +38,68 @@ class Settings(BaseSettings):
         description="Posts per collection batch, i.e. per transaction.",
     )
     log_level: str = Field(default="WARNING", description="Level of the smart_retention loggers.")
+    # Scheduling (issue 6): the source to collect from, and the Celery broker.
+    source: str | None = Field(
+        default=None,
+        description="Where observations come from: replay:FILE or synthetic (sources/factory.py).",
+    )
+    broker_url: str = Field(
+        default=DEFAULT_BROKER_URL, description="Celery broker for the workers and beat."
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; the broker URL when unset."
+    )
+    collect_chunk_size: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="Posts per Celery chunk task when a tier run fans out to workers.",
+    )
+    owner_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens for the owner and the read endpoints; comma-separated.",
+    )
+    read_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens of the read endpoints only; comma-separated.",
+    )
+    owner_figures_max_age_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="The API reuses an owner figure this many seconds; 0 computes each time.",
+    )
+
+    @field_validator("owner_tokens", "read_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @field_validator("owner_tokens", "read_tokens")
+    @classmethod
+    def _refuse_placeholders(cls, tokens: list[str]) -> list[str]:
+        # Messages give the position, never the token: settings errors end up in logs.
+        for position, token in enumerate(tokens, start=1):
+            lowered = token.lower()
+            if lowered in PLACEHOLDER_TOKENS or any(m in lowered for m in PLACEHOLDER_MARKERS):
+                raise ValueError(f"token {position} is a placeholder; generate a real one")
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"token {position} is {len(token)} characters long; at least "
+                    f"{MIN_TOKEN_LENGTH} are needed (python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')"
+                )
+            if len(set(token)) < 2 or any(c.isspace() for c in token):
+                raise ValueError(f"token {position} is one repeated character or has spaces")
+        return tokens
+
+    @model_validator(mode="after")
+    def _owner_and_read_tokens_differ(self) -> "Settings":
+        if set(self.owner_tokens) & set(self.read_tokens):
+            raise ValueError("a token is both an owner token and a read token; give it once")
+        return self
 
 
 def load_settings() -> Settings:
