@@ -1,0 +1,5 @@
+"""The HTTP API (FastAPI): owner monitoring and readers' live metrics."""
+
+from smart_retention.api.app import create_app
+
+__all__ = ["create_app"]
