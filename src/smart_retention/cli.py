@@ -12,13 +12,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from alembic.util.exc import CommandError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from smart_retention.cleanup import DEFAULT_BATCH_SIZE as CLEANUP_BATCH_SIZE
 from smart_retention.cleanup import (
@@ -76,7 +79,25 @@ DbOption = Annotated[
 
 
 def main() -> None:
-    app()
+    """The console entry point: expected failures outside any one command (a database
+    that cannot be reached or parsed, a bad setting, an unknown revision) are one line."""
+    try:
+        app()
+    except (ArgumentError, NoSuchModuleError) as error:
+        _fail(f"database URL: {error}")
+    except DBAPIError as error:
+        _fail(f"database: {str(error.orig).strip().splitlines()[0]}")
+    except CommandError as error:
+        _fail(f"migration: {error}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        setting = "SMART_RETENTION_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        _fail(f"{setting}: {first['msg']}")
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"error: {message}", markup=False, highlight=False)
+    raise SystemExit(UserError.exit_code)
 
 
 @app.callback()
@@ -106,7 +127,10 @@ def _user_errors() -> Iterator[None]:
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = "head", db: DbOption = None) -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    db: DbOption = None,
+) -> None:
     """Migrate the schema up to REVISION (default: the newest)."""
     engine = _engine(db)
     migrate.upgrade(engine, revision)
@@ -115,9 +139,12 @@ def db_upgrade(revision: str = "head", db: DbOption = None) -> None:
 
 @db_app.command("downgrade")
 def db_downgrade(
-    revision: Annotated[str, typer.Argument(help="Target, e.g. base or -1.")], db: DbOption = None
+    revision: Annotated[
+        str, typer.Argument(help="Target: a revision, base, or a step back written as -- -1.")
+    ],
+    db: DbOption = None,
 ) -> None:
-    """Migrate the schema down to REVISION ('base' removes every table)."""
+    """Migrate the schema down to REVISION ('base' removes every table but Alembic's own)."""
     engine = _engine(db)
     migrate.downgrade(engine, revision)
     console.print(f"database at revision {migrate.current_revision(engine) or 'base'}")
@@ -144,7 +171,10 @@ def replay(
     max_age_days: Annotated[
         float | None,
         typer.Option(
-            "--max-age-days", help="Poll posts up to this age (extends the last tier).", min=0
+            "--max-age-days",
+            help="Poll posts up to this age in days, more than 7 (extends the weekly tier).",
+            min=0,
+            max=36_500,
         ),
     ] = None,
     as_recorded: Annotated[

@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -21,6 +21,8 @@ COUNTER_FIELDS = ("views", "forwards", "reactions", "replies")
 MAX_COUNTER = 2**63 - 1
 # Plain decimal notation; exponents ("1e9") are refused rather than expanded.
 _PLAIN_NUMBER = re.compile(r"(?P<whole>[+-]?[0-9]+)(?:\.(?P<fraction>[0-9]*))?")
+EARLIEST_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(9000, 1, 1, tzinfo=UTC)
 # Recordings repeat the same timestamps (one per poll, one per post) many times over.
 TIMESTAMP_CACHE_SIZE = 65_536
 
@@ -155,7 +157,18 @@ def parse_timestamp(field: str, raw: object) -> datetime:
         raise ObservationError(field, raw, "is not a timestamp")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ObservationError(field, raw, "has no timezone; give UTC explicitly, e.g. +00:00")
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        moment = EARLIEST_TIMESTAMP - timedelta(days=1)
+    if not EARLIEST_TIMESTAMP <= moment < LATEST_TIMESTAMP:
+        # Schedules add days and intervals to these; near year 1 or 9999 that overflows.
+        raise ObservationError(
+            field,
+            raw,
+            f"is outside the supported range {EARLIEST_TIMESTAMP.year}-{LATEST_TIMESTAMP.year}",
+        )
+    return moment
 
 
 @lru_cache(maxsize=TIMESTAMP_CACHE_SIZE)

@@ -12,7 +12,7 @@ import io
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -26,6 +26,8 @@ from smart_retention.observation import (
     PostKey,
     Rejection,
     build_observation,
+    parse_id,
+    parse_timestamp,
 )
 from smart_retention.sources import FetchResult
 
@@ -34,6 +36,7 @@ REQUIRED_COLUMNS = ("channel_id", "msg_id", "posted_at", "observed_at")
 GZIP_MAGIC = b"\x1f\x8b"
 # The header is line 1, so the first data row is line 2 (as an editor shows it).
 FIRST_DATA_LINE = 2
+EARLIEST_MOMENT = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -80,6 +83,82 @@ def read_recording(
     path = Path(path)
     with _open_text(path) as text:
         return build_recording(_read_rows(path, text, dict(column_map or {}), channel_id))
+
+
+def read_recording_first_seen(
+    path: Path | str,
+    column_map: Mapping[str, str] | None = None,
+    channel_id: int | None = None,
+) -> Recording:
+    """Read a recording that has no posted_at column: each post's posted_at is the moment
+    it was first observed (its earliest observed_at in the file).
+
+    The file is read twice, once for the first moments and once to build the recording;
+    only one moment per post is kept in between. Everything else is as `read_recording`.
+    """
+    path = Path(path)
+    column_map = dict(column_map or {})
+    if "posted_at" in column_map:
+        raise InputFileError(
+            f"--column posted_at={column_map['posted_at']} conflicts with posted_at taken "
+            "from each post's first observation"
+        )
+    # The row reader requires a posted_at column: point it at observed_at, then replace it.
+    column_map["posted_at"] = column_map.get("observed_at", "observed_at")
+    first_seen = _FirstSeen()
+    with _open_text(path) as text:
+        for _, fields in _read_rows(path, text, column_map, channel_id):
+            first_seen.add(fields)
+    with _open_text(path) as text:
+        rows = _read_rows(path, text, column_map, channel_id)
+        return build_recording((line, first_seen.fill_in(fields)) for line, fields in rows)
+
+
+class _FirstSeen:
+    """The earliest valid observed_at of each post. Ids and timestamps repeat on nearly
+    every row, so each distinct raw value is parsed once."""
+
+    def __init__(self) -> None:
+        self.moments: dict[PostKey, datetime] = {}
+        self._keys: dict[tuple[object, object], PostKey | None] = {}
+        self._times: dict[object, datetime | None] = {}
+
+    def add(self, fields: "RowOrError") -> None:
+        if isinstance(fields, ObservationError):
+            return
+        key, moment = self._key(fields), self._moment(fields.get("observed_at"))
+        if key is not None and moment is not None:
+            known = self.moments.get(key)
+            if known is None or moment < known:
+                self.moments[key] = moment
+
+    def fill_in(self, fields: "RowOrError") -> "RowOrError":
+        if isinstance(fields, ObservationError):
+            return fields
+        key = self._key(fields)
+        if key is None:
+            return fields  # rejected for its id, which build_observation checks first
+        # A post missing here has no valid observed_at at all, so this row is rejected for
+        # its observed_at; the earliest moment keeps posted_at from being named instead.
+        return {**fields, "posted_at": self.moments.get(key, EARLIEST_MOMENT)}
+
+    def _key(self, fields: Mapping[str, object]) -> PostKey | None:
+        raw = (fields.get("channel_id"), fields.get("msg_id"))
+        if raw not in self._keys:
+            try:
+                channel, msg = parse_id("channel_id", raw[0]), parse_id("msg_id", raw[1])
+                self._keys[raw] = PostKey(channel, msg)
+            except ObservationError:
+                self._keys[raw] = None
+        return self._keys[raw]
+
+    def _moment(self, raw: object) -> datetime | None:
+        if raw not in self._times:
+            try:
+                self._times[raw] = parse_timestamp("observed_at", raw)
+            except ObservationError:
+                self._times[raw] = None
+        return self._times[raw]
 
 
 RowOrError = Mapping[str, object] | ObservationError
@@ -154,9 +233,9 @@ def _open_text(path: Path) -> TextIO:
     # Undecodable bytes become U+FFFD, so such a row is rejected by field, not fatal.
     if compressed:
         return io.TextIOWrapper(
-            gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline=""
+            gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline=""
         )
-    return path.open(encoding="utf-8", errors="replace", newline="")
+    return path.open(encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _read_rows(
@@ -195,7 +274,11 @@ def _read_rows(
 def _column_positions(
     path: Path, header: Sequence[str], column_map: dict[str, str], channel_id: int | None
 ) -> dict[str, int]:
-    index_of = {name.strip(): i for i, name in enumerate(header)}
+    index_of: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name.strip() in index_of:
+            raise InputFileError(f"{path}: the header names column {name.strip()!r} twice")
+        index_of[name.strip()] = i
     positions = {}
     for canonical in CANONICAL_COLUMNS:
         theirs = column_map.get(canonical, canonical)
