@@ -175,6 +175,18 @@ def test_a_tier_run_stores_what_the_collectors_own_cycle_stores(
     assert [s.checks for s in again] == [0, 0, 0, 0], "a second run at the same moment"
 
 
+def test_a_finished_tier_run_records_its_cycle_metrics(engine: Engine) -> None:
+    """What /metrics shows per tier: cycle duration and last successful cycle."""
+    from smart_retention.api.metrics import CYCLE_SECONDS, LAST_SUCCESS
+
+    before = LAST_SUCCESS.labels(tier="weekly")._value.get()
+    observed_before = CYCLE_SECONDS.labels(tier="weekly")._sum.get()
+    summary = run_tier(engine, _synthetic(), [DEFAULT_TIERS[-1]], NOW, BATCH_SIZE)
+    assert summary.status == "done" and summary.checks > 0
+    assert LAST_SUCCESS.labels(tier="weekly")._value.get() > before
+    assert CYCLE_SECONDS.labels(tier="weekly")._sum.get() > observed_before
+
+
 class _StopAfterFirstFetch:
     """The synthetic source; asks the run to stop once its first batch is fetched."""
 

@@ -118,6 +118,20 @@ class TierRunSummary:
 
 
 def log_tier_run(summary: TierRunSummary) -> None:
+    """One log line per tier run and, for a finished one, the Prometheus cycle metrics
+    (the API's /metrics shows them when it runs in the same process or multiprocess
+    directory)."""
+    if summary.status == RunStatus.DONE:
+        # Imported here: the metrics module pulls in the API package, which a worker
+        # that never records a cycle does not need.
+        from smart_retention.api.metrics import record_cycle
+
+        record_cycle(
+            summary.tier,
+            seconds=summary.seconds,
+            rejected=summary.rejected,
+            finished_at=datetime.now(UTC),
+        )
     log.info(
         "smart-collect tier=%s status=%s checks=%d saved=%d rejected=%d seconds=%.3f",
         summary.tier,
