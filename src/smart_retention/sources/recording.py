@@ -12,13 +12,14 @@ import io
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from smart_retention.errors import InputFileError
 from smart_retention.observation import (
     COUNTER_FIELDS,
+    EARLIEST_TIMESTAMP,
     Counters,
     Observation,
     ObservationError,
@@ -36,7 +37,8 @@ REQUIRED_COLUMNS = ("channel_id", "msg_id", "posted_at", "observed_at")
 GZIP_MAGIC = b"\x1f\x8b"
 # The header is line 1, so the first data row is line 2 (as an editor shows it).
 FIRST_DATA_LINE = 2
-EARLIEST_MOMENT = datetime.min.replace(tzinfo=UTC)
+# The earliest timestamp an observation may carry, as a placeholder posted_at.
+EARLIEST_MOMENT = EARLIEST_TIMESTAMP
 
 
 @dataclass(slots=True)
