@@ -5,20 +5,22 @@ Cases, each on two identical copies of one table, in schemas of their own:
 - reference: a generated table in the shape of the reference deployment (DESIGN.md:
   2,770 posts, 6,918,136 rows, about 94.6% of them repeating the row before them), polled
   every 5 minutes, rows stored in time order as a collector appends them;
-- hn-frontpage: the 963,480-row recording imported as an old collector stored it
-  (`--hn` path; skipped when the file is missing or with --skip-hn).
+- hn-frontpage: the 963,480-row recording imported as an old collector stored it, with
+  the mapping docs/cleanup.md gives (skipped when the file is missing, or with --skip-hn).
 
 On one copy smart-retention's batched cleanup runs (run_cleanup, as `smart-retention
 cleanup --yes` runs it); on the other the ceiling: one DELETE statement with a window
 function over the whole table. Both copies are vacuumed and analysed before timing and
-must end with the same rows (checked by a checksum). Reported: seconds of each, the
-ratio, the longest batch (how long any batch held its row locks), and the
-VACUUM (ANALYZE) that follows each.
+must end with the same rows (checked by a checksum). Reported, as a Markdown table: the
+seconds of each (the cleanup's without its VACUUM), their ratio, the batches' median,
+99th percentile and longest time (how long a batch held its row locks), the
+VACUUM (ANALYZE) after each, and the table's size before and after.
 
 Run: .venv/bin/python bench/cleanup.py [--scale 0.1] [--batch-size N] [--skip-hn]
 """
 
 import argparse
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -190,6 +192,23 @@ def ceiling(engine: Engine) -> tuple[int, float]:
     return deleted, time.perf_counter() - started
 
 
+class BatchClock:
+    """Seconds per batch, from the progress callback run_cleanup calls after each commit."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._last = time.perf_counter()
+
+    def __call__(self, scanned: int, total: int) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self._last)
+        self._last = now
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
 def run_case(name: str, build: Callable[[Engine], None], batch_size: int) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     ours, theirs = f"bench_{tag}_cleanup", f"bench_{tag}_ceiling"
@@ -200,29 +219,51 @@ def run_case(name: str, build: Callable[[Engine], None], batch_size: int) -> dic
         build_seconds = time.perf_counter() - started
         for prepared in (engine, ceiling_engine):
             vacuum(prepared)
-            checkpoint(prepared)
         total, _ = checksum(engine)
+        checkpoint(engine)
         deleted, ceiling_seconds = ceiling(ceiling_engine)
         ceiling_vacuum = vacuum(ceiling_engine)
         checkpoint(engine)
-        report = run_cleanup(engine, batch_size=batch_size)
+        clock = BatchClock()
+        report = run_cleanup(engine, batch_size=batch_size, progress=clock)
         same = checksum(engine) == checksum(ceiling_engine)
     return {
         "case": name,
         "rows": total,
         "build_seconds": build_seconds,
-        "duplicates": report.duplicates_removed,
+        "removed": report.duplicates_removed,
         "ceiling_deleted": deleted,
         "same_rows": same,
-        "cleanup_seconds": report.seconds - report.maintenance_seconds,
-        "cleanup_vacuum_seconds": report.maintenance_seconds,
+        "seconds": report.seconds - report.maintenance_seconds,
+        "vacuum_seconds": report.maintenance_seconds,
         "ceiling_seconds": ceiling_seconds,
         "ceiling_vacuum_seconds": ceiling_vacuum,
         "batches": report.batches,
+        "batch_median": clock.quantile(0.5),
+        "batch_p99": clock.quantile(0.99),
         "max_batch_seconds": report.max_batch_seconds,
-        "bytes_before": report.table_bytes_before,
-        "bytes_after": report.table_bytes_after,
+        "mb_before": report.table_bytes_before / 2**20,
+        "mb_after": report.table_bytes_after / 2**20,
     }
+
+
+COLUMNS = (
+    ("case", "{}"),
+    ("rows", "{:,}"),
+    ("removed", "{:,}"),
+    ("same_rows", "{}"),
+    ("seconds", "{:.1f}"),
+    ("ceiling_seconds", "{:.1f}"),
+    ("ratio", "{:.2f}"),
+    ("batches", "{:,}"),
+    ("batch_median", "{:.3f}"),
+    ("batch_p99", "{:.3f}"),
+    ("max_batch_seconds", "{:.3f}"),
+    ("vacuum_seconds", "{:.1f}"),
+    ("ceiling_vacuum_seconds", "{:.1f}"),
+    ("mb_before", "{:.0f}"),
+    ("mb_after", "{:.0f}"),
+)
 
 
 def main() -> None:
@@ -234,20 +275,15 @@ def main() -> None:
     cases = [("reference", lambda engine: generate_reference(engine, args.scale))]
     if not args.skip_hn and HN_RECORDING.exists():
         cases.append(("hn-frontpage", import_hn))
-    results = [run_case(name, build, args.batch_size) for name, build in cases]
-    print(
-        f"{'case':<13} {'rows':>10} {'removed':>10} {'same':>5} {'ours s':>7} {'ceiling s':>9} "
-        f"{'ratio':>6} {'batches':>7} {'max batch s':>11} {'vacuum s':>13} {'MB before':>9}"
-    )
-    for r in results:
-        print(
-            f"{r['case']:<13} {r['rows']:>10,} {r['duplicates']:>10,} {r['same_rows']!s:>5} "
-            f"{r['cleanup_seconds']:>7.1f} {r['ceiling_seconds']:>9.1f} "
-            f"{r['cleanup_seconds'] / r['ceiling_seconds']:>6.2f} {r['batches']:>7} "
-            f"{r['max_batch_seconds']:>11.3f} "
-            f"{r['cleanup_vacuum_seconds']:>6.1f}/{r['ceiling_vacuum_seconds']:<6.1f} "
-            f"{r['bytes_before'] / 2**20:>9.0f}"
-        )
+    print(f"scale {args.scale}, batch size {args.batch_size:,}, load average {os.getloadavg()}")
+    print("| " + " | ".join(name for name, _ in COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for name, build in cases:
+        result = run_case(name, build, args.batch_size)
+        result["ratio"] = result["seconds"] / result["ceiling_seconds"]
+        cells = (form.format(result[key]) for key, form in COLUMNS)
+        print("| " + " | ".join(cells) + " |", flush=True)
+    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":
