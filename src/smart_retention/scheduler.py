@@ -28,14 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import islice
 from threading import Event
 from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
 
-from smart_retention.collector import DEFAULT_BATCH_SIZE, CollectionStats, Collector
+from smart_retention.collector import DEFAULT_BATCH_SIZE, CollectionStats, Collector, chunked
 from smart_retention.observation import PostInfo, PostKey
 from smart_retention.schedule import DEFAULT_TIERS, Tier, due_windows
 from smart_retention.sources import FetchResult, Source
@@ -146,7 +145,7 @@ def log_tier_run(summary: TierRunSummary) -> None:
 def register_discovered(engine: Engine, source: Source, now: datetime, batch_size: int) -> int:
     """Register the posts `source` announces at `now`, `batch_size` per transaction."""
     discovered = 0
-    for infos in _chunks(source.discover(now), batch_size):
+    for infos in chunked(source.discover(now), batch_size):
         with engine.begin() as connection:
             repository.register_posts(connection, infos, now)
         discovered += len(infos)
@@ -382,9 +381,3 @@ def stop_on_signals(stop: Event) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _chunks(items: Iterable[PostInfo], size: int) -> Iterator[list[PostInfo]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
