@@ -99,11 +99,15 @@ DEFAULT_BATCH_SIZE = 10_000
 # of 'SRC1'), the object is a hash of the schema, so each deployment has a lock of its own.
 ADVISORY_LOCK_CLASS = 0x53524331
 LOCK_FILE_SUFFIX = "-cleanup.lock"
+# A batch is tried this many times when PostgreSQL cannot serialize it (SQLSTATE 40001).
+BATCH_ATTEMPTS = 3
+SERIALIZATION_FAILURE = "40001"
 # Rows SQLite's ANALYZE samples per index: the bound SQLite recommends for PRAGMA optimize.
 SQLITE_ANALYSIS_LIMIT = 1000
 SQLITE_AUTO_VACUUM_INCREMENTAL = 2
 
-# Called after each batch with (rows scanned so far, rows in the table at the start).
+# Called after each batch with (rows scanned so far, rows in the table at the start); the
+# count is the batches times the batch size, so it may pass the total in the last batch.
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -194,11 +198,7 @@ def run_cleanup(
             table_bytes_before=_table_bytes(connection),
         )
         connection.commit()
-        if not dry_run:
-            # SQLite: each batch takes the write lock at BEGIN, so a collector committing
-            # between the batch's first read and its DELETE cannot make the DELETE fail;
-            # the collector waits for the batch instead (busy_timeout).
-            connection.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
+        _isolate_batches(connection, dry_run)
         _run_batches(connection, report, batch_size, progress)
         report.duplicates_kept_for_checks = connection.execute(
             _kept_for_checks_query()
@@ -243,62 +243,111 @@ def _run_batches(
     batch_size: int,
     progress: ProgressCallback | None,
 ) -> None:
-    dialect_name = connection.dialect.name
     after: Key | None = None
-    scanned = 0
     while True:
-        batch_started = time.perf_counter()
-        with connection.begin():
-            bound = connection.execute(
-                _upper_bound_query(after is None), {**_key_params("after", after), "n": batch_size}
-            ).one_or_none()
-            if bound is None:
-                return
-            upto = Key(bound.channel_id, bound.msg_id, bound.snapshot_time)
-            params = {**_key_params("after", after), **_key_params("upto", upto)}
-            if after is not None:
-                params.update(_key_params("window_start", _window_start(connection, after)))
-            if dialect_name == "postgresql" and not report.dry_run:
-                connection.execute(_NO_WAIT_FOR_WAL_FLUSH)
-            if report.dry_run:
-                count = _count_query(dialect_name, after is None)
-                found = connection.execute(count, params).scalar_one()
-            else:
-                delete = _delete_statement(dialect_name, after is None)
-                found = connection.execute(delete, params).rowcount
-                report.duplicates_removed += found
-        seconds = time.perf_counter() - batch_started
-        report.duplicates_found += found
+        started = time.perf_counter()
+        batch = _one_batch_retrying(connection, report.dry_run, after, batch_size)
+        if batch is None:
+            return
+        upto, found = batch
+        seconds = time.perf_counter() - started
         report.batches += 1
+        report.duplicates_found += found
+        if not report.dry_run:
+            report.duplicates_removed += found
         report.max_batch_seconds = max(report.max_batch_seconds, seconds)
-        scanned += bound.rows
         log.info(
-            "cleanup.batch batch=%d dry_run=%s rows=%d duplicates=%d upto=%s seconds=%.3f",
+            "cleanup.batch batch=%d dry_run=%s duplicates=%d upto=%s seconds=%.3f",
             report.batches,
             report.dry_run,
-            bound.rows,
             found,
             upto,
             seconds,
         )
         if progress is not None:
-            progress(scanned, report.total_before)
+            progress(report.batches * batch_size, report.total_before)
         after = upto
 
 
-# A batch's COMMIT returns without waiting for its WAL to reach the disk, so a slow disk
-# (a checkpoint's fsync stalls commits for a second or two) does not lengthen the time the
-# batch holds its row locks. A server crash may undo the last batches committed this way;
+def _isolate_batches(connection: Connection, dry_run: bool) -> None:
+    """Each batch reads one snapshot from its first statement to its DELETE, so the rows
+    it counts to find its end are the rows it compares (a row a collector inserts inside
+    the batch's key range meanwhile is left for the next run, not half seen).
+
+    PostgreSQL: REPEATABLE READ. SQLite transactions are snapshots already; a live batch
+    also takes the write lock at BEGIN, so a collector committing between the batch's
+    first read and its DELETE cannot make the DELETE fail: the collector waits instead.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execution_options(isolation_level="REPEATABLE READ")
+    elif not dry_run:
+        connection.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
+
+
+def _one_batch_retrying(
+    connection: Connection, dry_run: bool, after: Key | None, batch_size: int
+) -> tuple[Key, int] | None:
+    """One batch in its own transaction, tried again when PostgreSQL reports that a row
+    it read was changed meanwhile (only a deletion elsewhere can do that)."""
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        try:
+            with connection.begin():
+                return _one_batch(connection, dry_run, after, batch_size)
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != SERIALIZATION_FAILURE:
+                raise
+            if attempt == BATCH_ATTEMPTS:
+                raise
+            log.warning("cleanup.batch_retry attempt=%d after=%s", attempt, after)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _one_batch(
+    connection: Connection, dry_run: bool, after: Key | None, batch_size: int
+) -> tuple[Key, int] | None:
+    """Count or delete the duplicates among the `batch_size` rows after `after`, inside the
+    caller's transaction; returns the batch's last key and the count, or None at the end."""
+    first = after is None
+    bound = connection.execute(
+        _upper_bound_query(first), {**_key_params("after", after), "n": batch_size}
+    ).one_or_none()
+    if bound is None:
+        return None
+    upto = Key(bound.channel_id, bound.msg_id, bound.snapshot_time)
+    # In this snapshot (after, upto] holds batch_size rows (fewer only in the last batch);
+    # the window holds those and the anchor, and its LIMIT is what ends the index scan.
+    params = {**_key_params("after", after), **_key_params("upto", upto)}
+    params["window_rows"] = batch_size
+    if after is not None:
+        window_start, anchors = _window_start(connection, after)
+        params.update(_key_params("window_start", window_start))
+        params["window_rows"] += anchors
+    dialect_name = connection.dialect.name
+    if dry_run:
+        return upto, connection.execute(_count_query(dialect_name, first), params).scalar_one()
+    if dialect_name == "postgresql":
+        connection.execute(_NO_WAIT_FOR_WAL_FLUSH)
+    return upto, connection.execute(_delete_statement(dialect_name, first), params).rowcount
+
+
+# A live batch's COMMIT returns without waiting for its WAL to reach the disk, so a slow
+# disk (a checkpoint's fsync stalls commits for a second or two) does not lengthen the time
+# the batch holds its row locks. A server crash may undo the last batches committed so;
 # the database stays consistent, and running again redoes them, as after an interruption.
-_NO_WAIT_FOR_WAL_FLUSH = text("SET LOCAL synchronous_commit = off")
+_NO_WAIT_FOR_WAL_FLUSH = select(func.set_config("synchronous_commit", "off", True))
 
 
-def _window_start(connection: Connection, after: Key) -> Key:
-    """The last remaining row of `after`'s post at or before `after`: the predecessor of
-    the post's first row in the next batch. `after` itself when the post has no such row
-    left (it was deleted as a whole meanwhile)."""
+def _window_start(connection: Connection, after: Key) -> tuple[Key, int]:
+    """Where the next batch's window starts, and how many rows before the batch it holds.
+
+    The last remaining row of `after`'s post at or before `after` is the predecessor of
+    the post's first row in the next batch (one row). When the post has no such row left
+    (it was deleted as a whole meanwhile), the window starts at `after` with no row.
+    """
     anchor = connection.execute(_ANCHOR_QUERY, _key_params("after", after)).scalar_one()
-    return after if anchor is None else Key(after.channel_id, after.msg_id, anchor)
+    if anchor is None:
+        return after, 0
+    return Key(after.channel_id, after.msg_id, anchor), 1
 
 
 def _key_params(name: str, key: Key | None) -> dict[str, Any]:
@@ -327,19 +376,14 @@ def _bound_key(name: str) -> Any:
 
 @lru_cache(maxsize=2)
 def _upper_bound_query(first_batch: bool) -> Select[Any]:
-    """The last key of the next batch and the batch's row count: the database walks `n`
-    entries of the key index and returns one row."""
+    """The last key of the next batch: the database walks `n` entries of the key index
+    and returns one row (none when no row is left)."""
     page = select(*_KEY_COLUMNS).order_by(*_KEY_COLUMNS).limit(bindparam("n", type_=Integer))
     if not first_batch:
         page = page.where(tuple_(*_KEY_COLUMNS) > _bound_key("after"))
     keys = page.subquery("page")
     return (
-        select(
-            keys.c.channel_id,
-            keys.c.msg_id,
-            keys.c.snapshot_time,
-            func.count().over().label("rows"),
-        )
+        select(keys.c.channel_id, keys.c.msg_id, keys.c.snapshot_time)
         .order_by(keys.c.channel_id.desc(), keys.c.msg_id.desc(), keys.c.snapshot_time.desc())
         .limit(1)
     )
@@ -360,31 +404,45 @@ _ROW_ADDRESS = {"postgresql": "ctid", "sqlite": "rowid"}
 def _duplicates_query(dialect_name: str, first_batch: bool) -> Select[Any]:
     """The row addresses of the deletable duplicates in the batch (after, upto].
 
-    The window the rows are compared in also holds the anchor (`window_start`), the
-    predecessor of the batch's first row when the batch starts inside a post.
+    The rows are compared in a window that also holds the anchor (`window_start`), the
+    predecessor of the batch's first row when the batch starts inside a post. The window
+    is read as the next `window_rows` entries of the key index: PostgreSQL cannot end an
+    index scan on a row comparison (`<= upto`) and would otherwise read the index to its
+    end, batch after batch. Should a row appear inside the range meanwhile, the limit only
+    leaves the range's last rows for another run; each row read is still compared with the
+    row truly before it.
     """
     key = tuple_(*_KEY_COLUMNS)
     in_window = key <= _bound_key("upto")
     if not first_batch:
         in_window = and_(key >= _bound_key("window_start"), in_window)
-    post = (_PM.c.channel_id, _PM.c.msg_id)
-
-    def before(column: Any) -> Any:
-        return func.lag(column).over(partition_by=post, order_by=_PM.c.snapshot_time)
-
-    repeats = and_(
-        before(_PM.c.snapshot_time).is_not(None),
-        *(_PM.c[name].is_not_distinct_from(before(_PM.c[name])) for name in COUNTER_FIELDS),
-    )
-    ordered = (
+    rows = (
         select(
             literal_column(_ROW_ADDRESS[dialect_name]).label("row_address"),
             *_KEY_COLUMNS,
-            repeats.label("repeats"),
+            *(_PM.c[name] for name in COUNTER_FIELDS),
         )
         .where(in_window)
-        .subquery("ordered")
+        .order_by(*_KEY_COLUMNS)
+        .limit(bindparam("window_rows", type_=Integer))
+        .subquery("batch_rows")
     )
+    post = (rows.c.channel_id, rows.c.msg_id)
+
+    def before(column: Any) -> Any:
+        return func.lag(column).over(partition_by=post, order_by=rows.c.snapshot_time)
+
+    repeats = and_(
+        before(rows.c.snapshot_time).is_not(None),
+        *(rows.c[name].is_not_distinct_from(before(rows.c[name])) for name in COUNTER_FIELDS),
+    )
+    ordered = select(
+        rows.c.row_address,
+        rows.c.channel_id,
+        rows.c.msg_id,
+        rows.c.snapshot_time,
+        repeats.label("repeats"),
+    ).subquery("ordered")
     row = ordered.c
     checks = post_metrics_checks
     pointed_at_by_a_check = exists().where(
