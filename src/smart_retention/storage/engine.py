@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 # How long a SQLite writer waits for another one before failing, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -18,11 +18,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        parsed = _in_utc(parsed)
     engine = create_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def _in_utc(url: URL) -> URL:
+    """The URL with the session's TimeZone set to UTC, unless the URL sets one.
+
+    Timestamps read as the driver gives them (the collector's state read) are then UTC
+    datetimes whatever the server's default zone, as every other boundary hands out.
+    """
+    options = url.query.get("options", "")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    if "timezone" in options.lower():
+        return url
+    return url.update_query_dict({"options": f"{options} -c TimeZone=UTC".strip()})
 
 
 @contextmanager

@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Connection,
     Engine,
     Integer,
+    MetaData,
     Select,
     Table,
     Text,
@@ -26,6 +29,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     true,
     tuple_,
     type_coerce,
@@ -166,7 +170,7 @@ def claim_due_batch(
         params["after_channel_id"], params["after_msg_id"] = after
     locked = [
         (PostKey(channel_id, msg_id), posted_at)
-        for channel_id, msg_id, posted_at in connection.execute(query, params)
+        for channel_id, msg_id, posted_at in connection.execute(query, params).all()
     ]
     states = load_post_states(connection, [key for key, _ in locked])
     claimed = []
@@ -311,7 +315,11 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
             "channel_ids": [key.channel_id for key in keys],
             "msg_ids": [key.msg_id for key in keys],
         }
-        rows = connection.execute(_post_states_query(arrays=True), params)
+        # As driver SQL: psycopg already gives aware datetimes (UTC: the server's
+        # TimeZone, see storage/engine.py) and parsed JSON, so SQLAlchemy's per-value
+        # result processing would only repeat that work, a few values per check.
+        sql = _compiled_sql(_post_states_query(arrays=True), connection)
+        rows = connection.exec_driver_sql(sql, params).all()
     else:
         rows = connection.execute(
             _post_states_query(arrays=False), {"keys": [tuple(k) for k in keys]}
@@ -322,6 +330,15 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
         if state is not None:
             states[PostKey(channel_id, msg_id)] = state
     return states
+
+
+def _compiled_sql(query: Select[Any], connection: Connection) -> str:
+    return _compiled_sql_for(query, connection.dialect.name, connection.dialect)
+
+
+@lru_cache(maxsize=8)
+def _compiled_sql_for(query: Select[Any], dialect_name: str, dialect: Any) -> str:
+    return str(query.compile(dialect=dialect))
 
 
 def _state_from_columns(columns: Sequence[Any]) -> PostState | None:
@@ -388,8 +405,14 @@ def _post_states_query(arrays: bool) -> Select[Any]:
 
 
 def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        _execute_rows(connection, post_metrics, _insert_statement, rows)
+    """Insert new snapshot rows; PostgreSQL takes them by COPY, straight into the table
+    (the claim's lock means no other writer can store the same post's snapshot)."""
+    if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        _copy_rows(connection, post_metrics.name, post_metrics, rows)
+    else:
+        connection.execute(_insert_statement(connection.dialect.name, False), list(rows))
 
 
 def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -397,10 +420,95 @@ def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
 
     Each row carries `check_count` 1 and `save_count` 0 or 1; on conflict they are added
     to the stored counts in SQL rather than overwritten, so no increment is lost to a
-    concurrent writer.
+    concurrent writer. PostgreSQL: the rows are copied into a temporary staging table
+    (COPY has no ON CONFLICT), then merged by one INSERT ... SELECT ... ON CONFLICT.
     """
-    if rows:
-        _execute_rows(connection, post_metrics_checks, _upsert_checks_statement, rows)
+    if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        connection.execute(_CREATE_CHECKS_STAGING)
+        _copy_rows(connection, _STAGED_CHECKS.name, post_metrics_checks, rows)
+        connection.execute(_upsert_staged_checks_statement())
+    else:
+        connection.execute(_upsert_checks_statement(connection.dialect.name, False), list(rows))
+
+
+# Binary COPY needs each column's PostgreSQL type; psycopg knows them by these names.
+# SQLAlchemy's Float compiles to FLOAT, which PostgreSQL reads as double precision.
+_COPY_TYPE_ALIASES = {"float": "float8"}
+_POSTGRESQL = postgresql.dialect()
+
+
+def _copy_rows(
+    connection: Connection, target: str, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """COPY `rows` (dicts keyed by `table`'s columns) into `target` in binary format.
+
+    Binary COPY is psycopg's fastest path: each row is encoded in C, where an array
+    parameter per column is built and quoted in Python, value by value. The values go
+    as they are, past SQLAlchemy's type processing (aware datetimes, ints, JSON-able).
+    """
+    names = [column.name for column in table.columns]
+    types = [_copy_type_name(column) for column in table.columns]
+    values = itemgetter(*names)
+    for row in rows:
+        _require_aware(row, table)
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(_copy_statement(target, tuple(names))) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(values(row))
+
+
+@lru_cache(maxsize=64)
+def _copy_type_name(column: Column[Any]) -> str:
+    name = column.type.compile(dialect=_POSTGRESQL).lower()
+    return _COPY_TYPE_ALIASES.get(name, name)
+
+
+def _require_aware(row: dict[str, Any], table: Table) -> None:
+    # UTCDateTime refuses naive datetimes at the bind; COPY does not bind, so check here.
+    for column in _datetime_columns(table):
+        value = row[column]
+        if value is not None and value.utcoffset() is None:
+            raise ValueError(
+                f"{table.name}.{column}: naive datetime {value.isoformat()} given; "
+                "timestamps must be UTC-aware"
+            )
+
+
+@lru_cache(maxsize=8)
+def _datetime_columns(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
+
+
+@lru_cache(maxsize=8)
+def _copy_statement(target: str, names: tuple[str, ...]) -> str:
+    return f"COPY {target} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
+
+
+# The staging table lives in the session's temporary schema (other sessions never see
+# it) and empties itself at every commit or rollback; IF NOT EXISTS makes it once per
+# database connection, and again after a rollback undid its creation.
+_STAGED_CHECKS = Table(
+    "staged_post_metrics_checks",
+    MetaData(),
+    *(Column(column.name, column.type) for column in post_metrics_checks.columns),
+)
+_CREATE_CHECKS_STAGING = text(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGED_CHECKS.name} "
+    f"(LIKE {post_metrics_checks.name}) ON COMMIT DELETE ROWS"
+)
+
+
+@lru_cache(maxsize=1)
+def _upsert_staged_checks_statement() -> Insert:
+    table = post_metrics_checks
+    names = [column.name for column in table.columns]
+    statement = postgresql.insert(table).from_select(
+        names, select(*(_STAGED_CHECKS.c[name] for name in names))
+    )
+    return _add_counts_on_conflict(statement)
 
 
 def _execute_rows(
@@ -461,8 +569,12 @@ def _insert_statement(dialect_name: str, arrays: bool) -> Insert:
 
 @lru_cache(maxsize=8)
 def _upsert_checks_statement(dialect_name: str, arrays: bool) -> Insert:
+    return _add_counts_on_conflict(_insert_into(post_metrics_checks, dialect_name, arrays))
+
+
+def _add_counts_on_conflict(statement: Any) -> Insert:
+    """ON CONFLICT for a check-row insert: replace the state, add the counts."""
     table = post_metrics_checks
-    statement = _insert_into(table, dialect_name, arrays)
     excluded = statement.excluded
     replaced = {
         column.name: excluded[column.name]
