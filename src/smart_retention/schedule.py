@@ -159,11 +159,13 @@ def due_in_windows(
     posted_at: datetime, last_checked_at: datetime | None, windows: Iterable[DueWindow]
 ) -> bool:
     """The due rule of `due_windows`, for one post: the form storage uses, in Python."""
-    return any(
-        window.posted_after < posted_at <= window.posted_at_or_before
-        and (last_checked_at is None or last_checked_at <= window.checked_at_or_before)
-        for window in windows
-    )
+    # A plain loop: this runs for every claimed post, and a generator costs more here.
+    for window in windows:
+        if window.posted_after < posted_at <= window.posted_at_or_before and (
+            last_checked_at is None or last_checked_at <= window.checked_at_or_before
+        ):
+            return True
+    return False
 
 
 def polling_horizon(tiers: Sequence[Tier] = DEFAULT_TIERS) -> timedelta:

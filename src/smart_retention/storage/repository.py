@@ -40,7 +40,7 @@ from sqlalchemy.sql.dml import Insert
 from smart_retention.observation import Counters, PostInfo, PostKey
 from smart_retention.schedule import DueWindow, TierOutlook, due_in_windows
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
-from smart_retention.storage.types import Counter, UTCDateTime
+from smart_retention.storage.types import UTCDateTime
 
 COUNTER_NAMES = Counters._fields
 
@@ -309,36 +309,24 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
     if not keys:
         return {}
     if connection.dialect.name == "postgresql":
-        # Two arrays joined by unnest: PostgreSQL turns a long (a, b) IN (...) list into
+        # Two arrays, not an IN list: PostgreSQL turns a long (a, b) IN (...) list into
         # an OR chain tested against every row.
         params: dict[str, Any] = {
             "channel_ids": [key.channel_id for key in keys],
             "msg_ids": [key.msg_id for key in keys],
         }
-        # As driver SQL: psycopg already gives aware datetimes (UTC: the server's
+        # As driver SQL: psycopg already gives aware datetimes (UTC: the session's
         # TimeZone, see storage/engine.py) and parsed JSON, so SQLAlchemy's per-value
         # result processing would only repeat that work, a few values per check.
-        sql = _compiled_sql(_post_states_query(arrays=True), connection)
-        rows = connection.exec_driver_sql(sql, params).all()
+        rows = connection.exec_driver_sql(_POSTGRESQL_STATES_SQL, params).all()
     else:
-        rows = connection.execute(
-            _post_states_query(arrays=False), {"keys": [tuple(k) for k in keys]}
-        )
+        rows = connection.execute(_post_states_query(), {"keys": [tuple(k) for k in keys]})
     states = {}
     for channel_id, msg_id, *columns in rows:
         state = _state_from_columns(columns)
         if state is not None:
             states[PostKey(channel_id, msg_id)] = state
     return states
-
-
-def _compiled_sql(query: Select[Any], connection: Connection) -> str:
-    return _compiled_sql_for(query, connection.dialect.name, connection.dialect)
-
-
-@lru_cache(maxsize=8)
-def _compiled_sql_for(query: Select[Any], dialect_name: str, dialect: Any) -> str:
-    return str(query.compile(dialect=dialect))
 
 
 def _state_from_columns(columns: Sequence[Any]) -> PostState | None:
@@ -384,19 +372,39 @@ _STATE_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=2)
-def _post_states_query(arrays: bool) -> Select[Any]:
+def _postgresql_states_sql() -> str:
+    """The state read for PostgreSQL: the keys as a table of two arrays, each check row
+    found by its key, and its last stored snapshot by a LATERAL lookup.
+
+    LATERAL makes the snapshot one primary-key probe per post. As a plain outer join,
+    the planner (which cannot know how many keys the arrays hold) hashed the whole of
+    post_metrics for every batch: millions of rows read to find 500.
+    """
+    selected = ", ".join(
+        f"{'s' if column.table is post_metrics else 'c'}.{column.name}" for column in _STATE_COLUMNS
+    )
+    snapshot_columns = ", ".join(
+        column.name for column in _STATE_COLUMNS if column.table is post_metrics
+    )
+    return (
+        f"SELECT c.channel_id, c.msg_id, {selected} "
+        "FROM unnest(%(channel_ids)s::bigint[], %(msg_ids)s::bigint[]) AS k(channel_id, msg_id) "
+        "JOIN post_metrics_checks AS c "
+        "ON c.channel_id = k.channel_id AND c.msg_id = k.msg_id "
+        f"LEFT JOIN LATERAL (SELECT {snapshot_columns} FROM post_metrics AS m "
+        "WHERE m.channel_id = c.channel_id AND m.msg_id = c.msg_id "
+        "AND m.snapshot_time = c.last_saved_at) AS s ON true"
+    )
+
+
+_POSTGRESQL_STATES_SQL = _postgresql_states_sql()
+
+
+@lru_cache(maxsize=1)
+def _post_states_query() -> Select[Any]:
+    """The state read elsewhere (SQLite): an IN list of key pairs, an outer join."""
     checks = post_metrics_checks
-    if arrays:
-        wanted = select(
-            func.unnest(bindparam("channel_ids", type_=postgresql.ARRAY(Counter))),
-            func.unnest(bindparam("msg_ids", type_=postgresql.ARRAY(Counter))),
-        )
-        in_keys = tuple_(checks.c.channel_id, checks.c.msg_id).in_(wanted)
-    else:
-        in_keys = tuple_(checks.c.channel_id, checks.c.msg_id).in_(
-            bindparam("keys", expanding=True)
-        )
+    in_keys = tuple_(checks.c.channel_id, checks.c.msg_id).in_(bindparam("keys", expanding=True))
     return (
         select(checks.c.channel_id, checks.c.msg_id, *_STATE_COLUMNS)
         .select_from(checks.outerjoin(post_metrics, _last_stored_snapshot_of(checks)))
@@ -451,8 +459,8 @@ def _copy_rows(
     names = [column.name for column in table.columns]
     types = [_copy_type_name(column) for column in table.columns]
     values = itemgetter(*names)
-    for row in rows:
-        _require_aware(row, table)
+    # No naive datetime gets here (observations are validated, states come from the
+    # database), and psycopg's timestamptz dumper refuses one anyway.
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor, cursor.copy(_copy_statement(target, tuple(names))) as copy:
         copy.set_types(types)
@@ -464,22 +472,6 @@ def _copy_rows(
 def _copy_type_name(column: Column[Any]) -> str:
     name = column.type.compile(dialect=_POSTGRESQL).lower()
     return _COPY_TYPE_ALIASES.get(name, name)
-
-
-def _require_aware(row: dict[str, Any], table: Table) -> None:
-    # UTCDateTime refuses naive datetimes at the bind; COPY does not bind, so check here.
-    for column in _datetime_columns(table):
-        value = row[column]
-        if value is not None and value.utcoffset() is None:
-            raise ValueError(
-                f"{table.name}.{column}: naive datetime {value.isoformat()} given; "
-                "timestamps must be UTC-aware"
-            )
-
-
-@lru_cache(maxsize=8)
-def _datetime_columns(table: Table) -> tuple[str, ...]:
-    return tuple(c.name for c in table.columns if isinstance(c.type, UTCDateTime))
 
 
 @lru_cache(maxsize=8)
