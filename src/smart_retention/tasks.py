@@ -121,6 +121,9 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         # One message at a time per worker process: chunks go to whoever is free.
         worker_prefetch_multiplier=1,
+        # `smart-retention deploy` broadcasts pool_restart so that worker processes drop
+        # connections opened before a migration; workers refuse it unless this is on.
+        worker_pool_restarts=True,
         result_expires=RESULT_EXPIRES,
         result_extended=True,
         beat_schedule=build_beat_schedule(DEFAULT_TIERS),

@@ -38,3 +38,9 @@ def _run(engine: Engine, operation, revision: str) -> None:  # type: ignore[no-u
         # env.py picks the connection up, so the migration runs in this transaction.
         config.attributes["connection"] = connection
         operation(config, revision)
+
+
+def stamp(engine: Engine, revision: str) -> None:
+    """Record `revision` as the database's schema without running any migration: for a
+    database whose tables are already that revision's (see storage/adoption.py)."""
+    _run(engine, command.stamp, revision)
