@@ -357,7 +357,7 @@ def test_a_missing_or_unknown_source_setting_is_a_one_line_error_naming_it(
     assert unknown.exit_code == 2
     assert unknown.stderr.strip().splitlines() == [
         "error: SMART_RETENTION_SOURCE='telegran': unknown source kind 'telegran'; "
-        "known kinds: replay, synthetic"
+        "known kinds: replay, synthetic, telegram"
     ]
     option = runner.invoke(cli.app, ["run", "--once", "--db", db, "--source", "synthetic?x=1"])
     assert option.exit_code == 2
@@ -372,7 +372,7 @@ def test_a_missing_or_unknown_source_setting_is_a_one_line_error_naming_it(
     [
         (None, "SMART_RETENTION_SOURCE is not set"),
         ("  ", "SMART_RETENTION_SOURCE is not set"),
-        ("kafka:topic", "unknown source kind 'kafka'; known kinds: replay, synthetic"),
+        ("kafka:topic", "unknown source kind 'kafka'; known kinds: replay, synthetic, telegram"),
         ("synthetic?posts", "options must read ?name=value&name=value"),
         ("synthetic?posts=1&posts=2", "options must read ?name=value&name=value"),
         ("synthetic?posts=many", "option posts='many' is not a whole number"),

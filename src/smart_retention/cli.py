@@ -62,6 +62,11 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+# The Telegram account and channel commands (issue 7) live in their own module.
+from smart_retention.cli_telegram import channels_app, telegram_app  # noqa: E402
+
+app.add_typer(telegram_app, name="telegram")
+app.add_typer(channels_app, name="channels")
 
 console = Console()
 # soft_wrap: an error or rejection stays on one line however narrow the terminal or pipe.
@@ -827,3 +832,7 @@ def _cleanup_with_progress(
 
 def _size(size: int | None) -> str:
     return "unknown" if size is None else f"{size / 2**20:,.1f} MiB ({size:,} bytes)"
+
+
+# backup, deploy, rollback and db stamp (issue 8) register themselves on `app` and `db_app`.
+from smart_retention import cli_deploy  # noqa: E402, F401

@@ -70,6 +70,44 @@ class Settings(BaseSettings):
         description="The API reuses an owner figure this many seconds; 0 computes each time.",
     )
 
+    # Telegram (issue 7). Kept as plain text here and checked only when a Telegram
+    # command or source runs (sources/telegram/credentials.py): the demo, replay and the
+    # API must work whatever these hold.
+    telegram_api_id: str | None = Field(
+        default=None, description="The application's api_id from my.telegram.org."
+    )
+    telegram_api_hash: str | None = Field(
+        default=None, description="The application's api_hash from my.telegram.org."
+    )
+    telegram_session: str | None = Field(
+        default=None,
+        description="A Telethon StringSession value, or the path of a session file.",
+    )
+    telegram_max_misses: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Checks in a row that find a post gone before it is no longer polled.",
+    )
+    telegram_short_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="A FloodWait up to this long is slept through; a longer one defers.",
+    )
+    telegram_requests_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Requests per second one collecting process sends for the account.",
+    )
+    telegram_backfill_days: float = Field(
+        default=7.0,
+        ge=0,
+        le=365,
+        description="How far back the first discovery of a newly added channel reads.",
+    )
+
     @field_validator("owner_tokens", "read_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

@@ -4,7 +4,9 @@ Two sources, so each figure comes from where it is true:
 
 - The database, read at scrape time, whichever process did the collecting:
   `smart_retention_checks_total` and `smart_retention_snapshots_stored_total` (sums over
-  the check rows), and posts by state (`active`, `stable`, all).
+  the check rows), posts by state (`active`, `stable`, all), and the channels a
+  Telegram FloodWait defers (`smart_retention_channels_deferred`, and per channel
+  `smart_retention_channel_deferred_until_timestamp_seconds`).
 - The process that ran a collection cycle, through `record_cycle`: rows rejected, cycle
   duration per tier, and the time of the last successful cycle per tier. Within one
   process these live in memory. When collection runs in other processes (Celery workers,
@@ -100,6 +102,43 @@ class DatabaseTotals(Collector):
         yield by_state
 
 
+class ChannelDeferrals(Collector):
+    """Channels a rate limit (Telegram's FloodWait) keeps collection away from, read from
+    the database at every scrape, so a deferral made by any worker shows."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        # Imported here: storage.channels is only needed when the gauge is scraped.
+        from smart_retention.storage.channels import deferred_channels
+
+        try:
+            with self.engine.connect() as connection:
+                deferred = deferred_channels(connection, self.clock())
+        except SQLAlchemyError:
+            return  # smart_retention_database_up already says the database is unreadable
+        count = GaugeMetricFamily(
+            "smart_retention_channels_deferred",
+            "Tracked channels whose collection is deferred by a rate limit right now.",
+        )
+        count.add_metric([], len(deferred))
+        yield count
+        until = GaugeMetricFamily(
+            "smart_retention_channel_deferred_until_timestamp_seconds",
+            "Unix time until which collection from the channel is deferred (FloodWait).",
+            labels=["channel_id", "username"],
+        )
+        for channel in deferred:
+            assert channel.deferred_until is not None
+            until.add_metric(
+                [str(channel.channel_id), channel.username or ""],
+                channel.deferred_until.timestamp(),
+            )
+        yield until
+
+
 def build_registry(engine: Engine, clock: Callable[[], datetime]) -> CollectorRegistry:
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
@@ -108,4 +147,5 @@ def build_registry(engine: Engine, clock: Callable[[], datetime]) -> CollectorRe
         for metric in CYCLE_METRICS:
             registry.register(metric)
     registry.register(DatabaseTotals(engine, clock))
+    registry.register(ChannelDeferrals(engine, clock))
     return registry

@@ -13,14 +13,21 @@ The setting reads `KIND[:ARGUMENT][?NAME=VALUE&...]`:
   `registered_until=ISO` takes the posts published by then as registered already (a
   process joining a database another one filled), so discovery skips them.
 
-Each kind is one builder in `SOURCE_KINDS`, taking the argument and the options. A new
-source (Telegram, in its own issue) adds its builder there and nothing else changes.
+- `telegram` or `telegram?db=URL`: live channels over MTProto (`sources/telegram`): the
+  channels `smart-retention channels add` tracked in the database (default
+  SMART_RETENTION_DATABASE_URL), read as the account of the SMART_RETENTION_TELEGRAM_*
+  settings.
+
+Each kind is one builder in `SOURCE_KINDS`, taking the argument and the options.
 A missing or malformed setting is a `SourceSettingError`: one line naming the setting.
 """
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
+
+from smart_retention.config import Settings
 from smart_retention.errors import UserError
 from smart_retention.sources import Source
 
@@ -121,6 +128,40 @@ def _build_synthetic(argument: str, options: Mapping[str, str]) -> Source:
     return source
 
 
+def _build_telegram(argument: str, options: Mapping[str, str]) -> Source:
+    # Imported here: only this kind needs Telethon, the account settings and storage.
+    from smart_retention.config import load_settings
+    from smart_retention.storage.engine import make_engine
+
+    if argument:
+        raise ValueError(f"telegram takes options, not an argument ({argument!r})")
+    unknown = set(options) - {"db"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; telegram takes db")
+    settings = load_settings()
+    return telegram_source(settings, make_engine(options.get("db") or settings.database_url))
+
+
+def telegram_source(settings: Settings, engine: Engine) -> Source:
+    """The Telegram source reading the channels tracked in `engine`'s database, as the
+    account of the SMART_RETENTION_TELEGRAM_* settings (checked here: one line naming
+    the variable when one is missing or a placeholder)."""
+    from smart_retention.sources.telegram.client import TelethonClient
+    from smart_retention.sources.telegram.credentials import telegram_credentials
+    from smart_retention.sources.telegram.limits import RequestPacer
+    from smart_retention.sources.telegram.source import TelegramSource
+    from smart_retention.storage.channels import StoredChannels
+
+    return TelegramSource(
+        TelethonClient(telegram_credentials(settings)),
+        StoredChannels(engine),
+        max_misses=settings.telegram_max_misses,
+        short_wait_s=settings.telegram_short_wait_s,
+        pacer=RequestPacer(settings.telegram_requests_per_second),
+        backfill=timedelta(days=settings.telegram_backfill_days),
+    )
+
+
 def default_synthetic_start(days: float, now: datetime | None = None) -> datetime:
     """Half of `days` before the current UTC day began: the same in every process that day."""
     now = now or datetime.now(UTC)
@@ -159,8 +200,9 @@ def _datetime_option(options: Mapping[str, str], name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-# The extension point: one builder per kind. `telegram` joins with its own issue.
+# The extension point: one builder per kind.
 SOURCE_KINDS: dict[str, SourceBuilder] = {
     "replay": _build_replay,
     "synthetic": _build_synthetic,
+    "telegram": _build_telegram,
 }

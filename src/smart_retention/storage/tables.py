@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
 
 from smart_retention.storage.types import Counter, UTCDateTime
@@ -35,6 +36,11 @@ channels = Table(
     Column("username", String(64)),
     Column("title", String(255)),
     Column("created_at", UTCDateTime, nullable=False),
+    # Telegram's access hash (a signed 64-bit number) for the account that resolved the
+    # channel; NULL for channels that no live source collects from.
+    Column("access_hash", Counter),
+    # A rate limit (FloodWait) keeps collection away from the channel until then.
+    Column("deferred_until", UTCDateTime),
 )
 
 posts = Table(
@@ -94,6 +100,12 @@ post_metrics_checks = Table(
     *_counter_columns("last_"),
     # Per-post state of the retention rule; the default step rule keeps none.
     Column("policy_state", JSON),
+    # Consecutive checks that found the post gone (deleted or inaccessible), and since
+    # when; reset by the next check that sees it. A miss stores no snapshot.
+    Column("miss_count", Integer, nullable=False, server_default=text("0")),
+    Column("missing_since", UTCDateTime),
+    # The post was due, but its channel was deferred by a rate limit until then.
+    Column("deferred_until", UTCDateTime),
     ForeignKeyConstraint(
         ["channel_id", "msg_id"], ["posts.channel_id", "posts.msg_id"], ondelete="CASCADE"
     ),

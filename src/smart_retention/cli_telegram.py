@@ -1,0 +1,340 @@
+"""`smart-retention telegram ...` and `smart-retention channels ...`: the account and the
+channels the Telegram source collects from.
+
+Only `telegram login` and `channels add` talk to Telegram; `channels list` and
+`channels remove` read and write the database alone. Telethon is imported inside the
+commands that need it, so the rest of the command line starts without it.
+"""
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+
+from smart_retention.channels import ChannelRef, parse_channel_ref, peer_channel_id
+from smart_retention.config import load_settings
+from smart_retention.errors import UserError
+from smart_retention.observation import utc_now
+from smart_retention.sources.telegram.client import ResolvedChannel, TelethonClient
+from smart_retention.sources.telegram.credentials import (
+    DEFAULT_SESSION_FILE,
+    SESSION_VARIABLE,
+    TelegramCredentials,
+    TelegramSettingError,
+    create_private_file,
+    is_string_session,
+    session_file_path,
+    telegram_credentials,
+)
+from smart_retention.storage import migrate
+from smart_retention.storage.channels import (
+    find_channel,
+    list_channels,
+    save_channel,
+    untrack_channel,
+)
+from smart_retention.storage.engine import make_engine
+
+telegram_app = typer.Typer(help="The Telegram account the source reads as.", no_args_is_help=True)
+channels_app = typer.Typer(
+    help="The Telegram channels collected from (tracked channels).", no_args_is_help=True
+)
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL; wins over SMART_RETENTION_DATABASE_URL."),
+]
+ChannelArgument = Annotated[
+    str,
+    typer.Argument(
+        help="@username, t.me/username link, bare channel id, or -100 prefixed peer id.",
+        show_default=False,
+    ),
+]
+
+
+class TelegramRequestFailed(UserError):
+    """Telegram refused a request of a command (a FloodWait, a bad code, no network)."""
+
+
+class ChannelNotTracked(UserError):
+    """`channels remove` names a channel that is not tracked."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except UserError as error:
+        err_console.print(f"error: {error}", markup=False, highlight=False)
+        raise typer.Exit(error.exit_code) from None
+
+
+def _engine(db: str | None) -> Engine:
+    engine = make_engine(db or load_settings().database_url)
+    migrate.upgrade(engine)
+    return engine
+
+
+# --- telegram login ------------------------------------------------------------------
+
+
+@telegram_app.command("login")
+def login(
+    session: Annotated[
+        Path | None,
+        typer.Option(
+            "--session",
+            help=f"Session file to write (default: {SESSION_VARIABLE}, else "
+            f"./{DEFAULT_SESSION_FILE}).",
+        ),
+    ] = None,
+    string: Annotated[
+        bool,
+        typer.Option("--string", help="Print a StringSession instead of writing a file."),
+    ] = False,
+    phone: Annotated[
+        str | None, typer.Option("--phone", help="Phone number; asked for when not given.")
+    ] = None,
+) -> None:
+    """Log in to Telegram (phone, code, two-step password) and save the session.
+
+    The session file is created readable by its owner only. Whoever holds it, or the
+    printed StringSession, reads Telegram as this account: keep it secret.
+    """
+    with _user_errors():
+        credentials = telegram_credentials(load_settings(), need_session=False)
+        target = None if string else _session_target(session, credentials)
+        who, string_session = _login(credentials, target, phone)
+    err_console.print(f"logged in as {who}", markup=False, highlight=False)
+    if target is not None:
+        err_console.print(
+            f"session saved to {target} (mode 600); set {SESSION_VARIABLE}={target}",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        err_console.print(
+            f"the StringSession follows on standard output; set {SESSION_VARIABLE} to it "
+            "and keep it secret",
+            markup=False,
+            highlight=False,
+        )
+        print(string_session)
+
+
+def _session_target(given: Path | None, credentials: TelegramCredentials) -> Path:
+    """The session file to write, absolute: the path printed must work from anywhere."""
+    if given is not None:
+        return session_file_path(str(given)).absolute()
+    if credentials.session is not None and is_string_session(credentials.session):
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE} holds a StringSession; log in to a file with --session PATH "
+            "or print a new StringSession with --string"
+        )
+    return session_file_path(credentials.session or DEFAULT_SESSION_FILE).absolute()
+
+
+def _login(
+    credentials: TelegramCredentials, target: Path | None, phone: str | None
+) -> tuple[str, str | None]:
+    """Log in interactively; the account's name and, without a file, the StringSession."""
+    from telethon.errors import RPCError
+    from telethon.sessions import StringSession
+
+    session: Any = StringSession() if target is None else str(target)
+    if target is not None:
+        create_private_file(target)
+    # Whatever else Telethon writes beside the session (a SQLite journal) stays private.
+    previous_umask = os.umask(0o077)
+    try:
+        return asyncio.run(_interactive_login(credentials, session, phone))
+    except RPCError as error:
+        raise TelegramRequestFailed(f"login failed: {error}") from None
+    except (ConnectionError, OSError) as error:
+        raise TelegramRequestFailed(f"cannot reach Telegram: {error}") from None
+    finally:
+        os.umask(previous_umask)
+        if target is not None and target.exists():
+            target.chmod(0o600)
+
+
+async def _interactive_login(
+    credentials: TelegramCredentials, session: Any, phone: str | None
+) -> tuple[str, str | None]:
+    from telethon import TelegramClient
+    from telethon.sessions import StringSession
+
+    client = TelegramClient(
+        session, credentials.api_id, credentials.api_hash, receive_updates=False
+    )
+    try:
+        await client.start(
+            phone=phone or (lambda: typer.prompt("Phone number (international, e.g. +4412345)")),
+            code_callback=lambda: typer.prompt("Login code Telegram sent you"),
+            password=lambda: typer.prompt("Two-step verification password", hide_input=True),
+        )
+        me = await client.get_me()
+        name = f"@{me.username}" if getattr(me, "username", None) else f"user {me.id}"
+        string = StringSession.save(client.session) if isinstance(session, StringSession) else None
+        return name, string
+    finally:
+        await client.disconnect()
+
+
+# --- channels ------------------------------------------------------------------------
+
+
+# A -100 peer id looks like an option to the parser; let it through as the argument.
+NEGATIVE_IDS = {"ignore_unknown_options": True}
+
+
+@channels_app.command("add", context_settings=NEGATIVE_IDS)
+def add_channel(channel: ChannelArgument, db: DbOption = None) -> None:
+    """Track a channel: resolve it once and store its id, username, title and access hash,
+    so collection never looks its name up again."""
+    with _user_errors():
+        ref = parse_channel_ref(channel)
+        credentials = telegram_credentials(load_settings())
+        engine = _engine(db)
+        resolved = resolve_channel(credentials, ref)
+        with engine.begin() as connection:
+            save_channel(
+                connection,
+                resolved.channel_id,
+                access_hash=resolved.access_hash,
+                username=resolved.username,
+                title=resolved.title,
+                now=utc_now(),
+            )
+    console.print(
+        f"tracking channel {resolved.channel_id} (peer id {peer_channel_id(resolved.channel_id)})"
+        f"{_named(resolved.username, resolved.title)}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def resolve_channel(credentials: TelegramCredentials, ref: ChannelRef) -> ResolvedChannel:
+    """Resolve `ref` with one short connection to Telegram."""
+    from telethon.errors import FloodError, RPCError
+
+    client = TelethonClient(credentials)
+
+    async def resolve() -> ResolvedChannel:
+        try:
+            return await client.resolve_channel(ref)
+        finally:
+            await client.disconnect()
+
+    try:
+        return asyncio.run(resolve())
+    except FloodError as error:
+        seconds = getattr(error, "seconds", None)
+        raise TelegramRequestFailed(
+            f"channel {ref}: Telegram asks to wait {seconds} s before the next lookup "
+            "(FloodWait); username lookups are limited, try again later"
+        ) from None
+    except RPCError as error:
+        raise TelegramRequestFailed(f"channel {ref}: Telegram refused: {error}") from None
+    except (ConnectionError, OSError) as error:
+        raise TelegramRequestFailed(f"cannot reach Telegram: {error}") from None
+
+
+@channels_app.command("list")
+def list_tracked(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOption = None,
+) -> None:
+    """The tracked channels, with their posts and any rate-limit deferral."""
+    with _user_errors():
+        engine = _engine(db)
+        with engine.connect() as connection:
+            listings = list_channels(connection)
+    rows = [
+        {
+            "channel_id": item.channel.channel_id,
+            "peer_id": peer_channel_id(item.channel.channel_id),
+            "username": item.channel.username,
+            "title": item.channel.title,
+            "posts": item.posts,
+            "last_msg_id": item.channel.last_msg_id,
+            "deferred_until": _iso(item.channel.deferred_until),
+            "added_at": _iso(item.added_at),
+        }
+        for item in listings
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        console.print("no tracked channels; add one with 'smart-retention channels add @name'")
+        return
+    table = Table(title="tracked channels")
+    for name in ("channel_id", "peer_id", "username", "title", "posts", "last_msg_id"):
+        table.add_column(name, justify="right" if name in ("posts", "last_msg_id") else "left")
+    table.add_column("deferred_until")
+    for row in rows:
+        table.add_row(
+            *(
+                "" if row[name] is None else str(row[name])
+                for name in (
+                    "channel_id",
+                    "peer_id",
+                    "username",
+                    "title",
+                    "posts",
+                    "last_msg_id",
+                    "deferred_until",
+                )
+            )
+        )
+    console.print(table)
+
+
+@channels_app.command("remove", context_settings=NEGATIVE_IDS)
+def remove_channel(
+    channel: ChannelArgument,
+    purge: Annotated[
+        bool,
+        typer.Option("--purge", help="Also delete its posts, snapshots and check rows."),
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Stop collecting from a channel. What was collected stays unless --purge."""
+    with _user_errors():
+        ref = parse_channel_ref(channel)
+        engine = _engine(db)
+        with engine.begin() as connection:
+            found = find_channel(connection, ref)
+            if found is None:
+                raise ChannelNotTracked(
+                    f"no tracked channel matches {ref}; see 'smart-retention channels list'"
+                )
+            untrack_channel(connection, found.channel_id, purge=purge)
+    what = "removed with everything collected" if purge else "no longer tracked (data kept)"
+    console.print(
+        f"channel {found.channel_id}{_named(found.username, found.title)}: {what}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _named(username: str | None, title: str | None) -> str:
+    parts = ([f"@{username}"] if username else []) + ([repr(title)] if title else [])
+    return f" {' '.join(parts)}" if parts else ""
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat()
