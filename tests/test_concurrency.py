@@ -18,6 +18,7 @@ from smart_retention.sources.recording import RecordedSource
 from smart_retention.storage import migrate
 from smart_retention.storage.engine import make_engine
 from smart_retention.storage.tables import post_metrics, post_metrics_checks
+from smart_retention.storage.totals import read_totals, recount_totals
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 POSTS = 60
@@ -135,6 +136,10 @@ def test_two_collectors_on_the_same_tick_write_what_one_would(
     snapshots, checks = _database_state(engine)
     assert len(snapshots) == posts
     assert all(row.check_count == 1 for row in checks)
+    # Both processes' batches added to the one totals row: nothing lost, nothing twice.
+    with engine.connect() as connection:
+        assert read_totals(connection) == recount_totals(connection)
+        assert read_totals(connection).checks == posts
 
 
 def test_a_slow_cycle_overlapping_the_next_tick_does_not_double_the_work(
@@ -164,3 +169,5 @@ def test_a_slow_cycle_overlapping_the_next_tick_does_not_double_the_work(
     with engine.connect() as connection:
         stored = connection.execute(select(post_metrics.c.msg_id)).scalars().all()
     assert sum(row.save_count for row in checks) == len(stored)
+    with engine.connect() as connection:
+        assert read_totals(connection) == recount_totals(connection)

@@ -4,7 +4,9 @@ Everything here reads; nothing writes or commits. The owner figures stay cheap o
 tables (7 million snapshots and 100,000 posts answer in milliseconds) because no figure
 counts or scans `post_metrics` as a whole:
 
-- checks and saves are sums over `post_metrics_checks`, one row per post;
+- posts, checks, saves and stable posts are read from `collection_totals`, one row the
+  database keeps equal to the sums over `posts` and `post_metrics_checks` (triggers,
+  storage/totals.py); active posts are counted through the index on `posted_at`;
 - table sizes come from the database: PostgreSQL's `pg_total_relation_size`, SQLite's
   `dbstat` table (or, without it, the pages in use shared out by rows);
 - the number of snapshot rows is PostgreSQL's planner estimate (`pg_class.reltuples`)
@@ -50,6 +52,7 @@ from smart_retention.observation import COUNTER_FIELDS, PostKey
 from smart_retention.policy import DEFAULT_PROFILE, AgeBracket, Profile
 from smart_retention.schedule import DEFAULT_TIERS, Tier, next_due_at, tier_for_age
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
+from smart_retention.storage.totals import read_totals, recount_totals
 
 BYTES_PER_MB = 2**20
 # Below this many rows (PostgreSQL's estimate) an exact count is cheaper than explaining one.
@@ -76,6 +79,7 @@ class EstimateMethod(StrEnum):
     EXACT_COUNT = "exact_count"
     EXACT_SCAN = "exact_scan"
     POST_SAMPLE = "post_sample"
+    KEPT_TOTALS = "kept_totals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +217,7 @@ def collection_stats(
     exact: bool = False,
 ) -> CollectionStats:
     """Checks made and snapshots saved, from the check rows, and what that saved."""
-    counts = totals(connection, now, tiers)
+    counts = totals(connection, now, tiers, exact=exact)
     post_metrics_bytes, size_estimate = table_bytes(connection, "post_metrics")
     records, records_estimate = snapshot_row_count(connection, exact=exact)
     per_row = post_metrics_bytes / records if records else None
@@ -228,7 +232,11 @@ def collection_stats(
         stable_posts_count=counts.stable,
         active_posts_count=counts.active,
         bytes_per_snapshot_row=per_row,
-        estimates={"table_size": size_estimate, "post_metrics_records": records_estimate},
+        estimates={
+            "table_size": size_estimate,
+            "post_metrics_records": records_estimate,
+            "totals": totals_estimate(exact),
+        },
     )
 
 
@@ -244,7 +252,7 @@ def storage_analysis(
     sizes = {name: size for name, (size, _) in measured.items()}
     size_estimate = measured["post_metrics"][1]
     records, records_estimate = snapshot_row_count(connection, exact=exact)
-    counts = totals(connection, now, tiers)
+    counts = totals(connection, now, tiers, exact=exact)
     duplicates, duplicates_estimate = duplicate_snapshots(
         connection, records, counts.posts, exact=exact
     )
@@ -268,6 +276,7 @@ def storage_analysis(
             "table_size": size_estimate,
             "post_metrics_records": records_estimate,
             "duplicate_snapshots": duplicates_estimate,
+            "totals": totals_estimate(exact),
         },
     )
 
@@ -502,26 +511,48 @@ class Totals:
     stable: int
 
 
-def totals(connection: Connection, now: datetime, tiers: Sequence[Tier] = DEFAULT_TIERS) -> Totals:
-    """Posts, active posts, checks, saves and stable posts, in one statement."""
-    checks = post_metrics_checks
+def totals(
+    connection: Connection,
+    now: datetime,
+    tiers: Sequence[Tier] = DEFAULT_TIERS,
+    *,
+    exact: bool = False,
+) -> Totals:
+    """Posts, active posts, checks, saves and stable posts.
+
+    The sums come from the totals row the database keeps (storage/totals.py), one
+    lookup; `exact` counts them over the tables instead. Active posts depend on `now`,
+    so they are always counted: the posts whose publication time is in a polled range,
+    found through the index on `posted_at`.
+    """
+    kept = recount_totals(connection) if exact else read_totals(connection)
     in_a_tier = or_(
         *(
             and_(posts.c.posted_at > now - older, posts.c.posted_at <= now - younger)
             for younger, older in polled_age_ranges(tiers)
         )
     )
-    active = and_(posts.c.deleted_at.is_(None), in_a_tier)
-    post_counts = select(func.count(), func.count().filter(active)).subquery()
-    check_sums = select(
-        func.coalesce(func.sum(checks.c.check_count), 0),
-        func.coalesce(func.sum(checks.c.save_count), 0),
-        func.count(checks.c.stable_since),
-    ).subquery()
-    # Two one-row aggregates side by side: joined on true, not a cartesian product.
-    both = post_counts.join(check_sums, true())
-    row = connection.execute(select(post_counts, check_sums).select_from(both)).one()
-    return Totals(*map(int, row))
+    active = connection.execute(
+        select(func.count()).select_from(posts).where(posts.c.deleted_at.is_(None), in_a_tier)
+    ).scalar_one()
+    return Totals(kept.posts, int(active), kept.checks, kept.saves, kept.stable_posts)
+
+
+def totals_estimate(exact: bool) -> Estimate:
+    """How `totals` made its sums, for the reports' `estimates`."""
+    if exact:
+        return Estimate(
+            EstimateMethod.EXACT_SCAN,
+            exact=True,
+            detail="count(*) over posts; check_count, save_count and stable_since summed "
+            "over post_metrics_checks",
+        )
+    return Estimate(
+        EstimateMethod.KEPT_TOTALS,
+        exact=True,
+        detail="the collection_totals row, kept equal to those sums by triggers on posts "
+        "and post_metrics_checks in every writer's transaction",
+    )
 
 
 def polled_age_ranges(tiers: Sequence[Tier]) -> list[tuple[timedelta, timedelta]]:

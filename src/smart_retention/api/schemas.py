@@ -21,7 +21,7 @@ class ErrorMessage(BaseModel):
 class Estimate(Report):
     method: str = Field(
         description="pg_total_relation_size, sqlite_dbstat, sqlite_pages_shared_by_rows, "
-        "pg_class_reltuples, exact_count, exact_scan or post_sample"
+        "pg_class_reltuples, exact_count, exact_scan, post_sample or kept_totals"
     )
     exact: bool
     detail: str

@@ -4,6 +4,7 @@ autogenerate compares against."""
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     Column,
     Float,
@@ -110,4 +111,17 @@ post_metrics_checks = Table(
         ["channel_id", "msg_id"], ["posts.channel_id", "posts.msg_id"], ondelete="CASCADE"
     ),
     Index("ix_post_metrics_checks_last_checked_at", "last_checked_at"),
+)
+
+# One row (id 1) that the database keeps equal to the sums over `posts` and
+# `post_metrics_checks`, by triggers (migration 0003; storage/totals.py reads it).
+collection_totals = Table(
+    "collection_totals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("posts", BigInteger, nullable=False),
+    Column("checks", BigInteger, nullable=False),
+    Column("saves", BigInteger, nullable=False),
+    Column("stable_posts", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
 )
