@@ -578,3 +578,27 @@ def test_db_upgrade_current_and_downgrade_base_create_and_remove_the_tables(
     assert downgraded.returncode == 0, downgraded.stderr
     assert "base" in downgraded.stdout
     assert not table_names(database_url) & TABLES
+
+
+def test_a_cut_off_or_overlong_row_is_rejected_by_line_not_read_as_unknown_counters(
+    tmp_path: Path,
+) -> None:
+    """A row cut after its views would otherwise read as forwards, reactions and replies
+    unknown; one with an extra field has its values under the wrong columns."""
+    good = [CHANNEL, 1, POSTED, SEEN, 100, 1, 2, 0]
+    recording = write_csv(
+        tmp_path / "ragged.csv",
+        [good, [CHANNEL, 2, POSTED, SEEN, 100], [CHANNEL, 3, POSTED, SEEN, 1, 2, 3, 4, 5]],
+    )
+    url = f"sqlite:///{tmp_path / 'ragged.sqlite3'}"
+    result = run_cli("replay", str(recording), "--json", "--db", url)
+
+    assert "Traceback" not in result.stderr
+    report = report_of(result)
+    assert (report["posts"], report["rejected"]) == (1, 2)
+    assert "line 3: field row:" in result.stderr
+    assert "has 5 fields where the header has 8" in result.stderr
+    assert "line 4: field row:" in result.stderr
+    assert "has 9 fields where the header has 8" in result.stderr
+    with connect(url) as connection:
+        assert set(connection.execute(select(posts.c.msg_id)).scalars()) == {1}

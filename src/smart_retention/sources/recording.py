@@ -265,6 +265,12 @@ def _read_rows(
             raise InputFileError(f"{path}: the file is damaged near line {line}: {error}") from None
         if not row:
             continue
+        if len(row) != len(header):
+            # A cut-off or misquoted row: its values may sit under the wrong columns, and a
+            # missing counter would read as unknown rather than as the error it is.
+            why = f"has {len(row)} fields where the header has {len(header)}"
+            yield line, ObservationError("row", ",".join(row)[:80], why)
+            continue
         fields: dict[str, object] = {
             name: row[index] if index < len(row) else None for name, index in positions.items()
         }
