@@ -169,6 +169,25 @@ def test_the_source_setting_builds_the_telegram_source_only_with_an_account(
         source.close()  # type: ignore[attr-defined]
 
 
+def test_the_telegram_source_reads_its_channels_where_the_command_collects(
+    account: Path,
+) -> None:
+    """`run --db URL` passes its URL; `telegram?db=` still names another database."""
+    collected_into = f"sqlite:///{account / 'collected.sqlite3'}"
+    elsewhere = f"sqlite:///{account / 'elsewhere.sqlite3'}"
+    cases = [
+        ("telegram", None, os.environ["SMART_RETENTION_DATABASE_URL"]),
+        ("telegram", collected_into, collected_into),
+        (f"telegram?db={elsewhere}", collected_into, elsewhere),
+    ]
+    for spec, database_url, expected in cases:
+        source = build_source(spec, database_url=database_url)
+        try:
+            assert str(source.catalog.engine.url) == expected, spec  # type: ignore[attr-defined]
+        finally:
+            source.close()  # type: ignore[attr-defined]
+
+
 # --- telegram login ------------------------------------------------------------------
 
 

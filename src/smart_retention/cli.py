@@ -620,7 +620,11 @@ def run(
 
     with _user_errors():
         settings = load_settings()
-        built = build_source(source or settings.source, "--source" if source else SOURCE_SETTING)
+        built = build_source(
+            source or settings.source,
+            "--source" if source else SOURCE_SETTING,
+            database_url=db or settings.database_url,
+        )
         engine = _engine(db)
         migrate.upgrade(engine)
         stop = Event()

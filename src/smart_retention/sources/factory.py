@@ -41,8 +41,14 @@ class SourceSettingError(UserError):
     """The source setting is missing, names an unknown kind, or has a bad option."""
 
 
-def build_source(spec: str | None, setting: str = SOURCE_SETTING) -> Source:
-    """The source `spec` describes; `setting` names where it came from, for errors."""
+def build_source(
+    spec: str | None, setting: str = SOURCE_SETTING, *, database_url: str | None = None
+) -> Source:
+    """The source `spec` describes; `setting` names where it came from, for errors.
+
+    `database_url` is the database the caller collects into (a command's `--db`): the
+    telegram kind reads its tracked channels there unless the spec names another.
+    """
     if spec is None or not spec.strip():
         raise SourceSettingError(
             f"{setting} is not set; set it to replay:FILE or synthetic (see docs/operations.md)"
@@ -58,6 +64,8 @@ def build_source(spec: str | None, setting: str = SOURCE_SETTING) -> Source:
     options = _parse_options(query)
     if options is None:
         raise SourceSettingError(f"{setting}={spec!r}: options must read ?name=value&name=value")
+    if kind == "telegram" and database_url and "db" not in options:
+        options["db"] = database_url
     try:
         return builder(argument, options)
     except SourceSettingError:
