@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 from smart_retention import analysis
 from smart_retention.storage import migrate
 from smart_retention.storage.engine import make_engine
+from smart_retention.storage.totals import reset_totals
 
 DEFAULT_URL = os.environ.get(
     "SMART_RETENTION_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -168,6 +169,9 @@ def _fill(engine: Engine, posts: int, now: datetime) -> None:
     with engine.begin() as connection:
         for statement in statements:
             connection.execute(text(statement), params)
+        # Replica mode skipped the triggers that keep the totals row too: recount it.
+        connection.execute(text("SET session_replication_role = origin"))
+        reset_totals(connection)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(
             text("VACUUM ANALYZE channels, posts, post_metrics, post_metrics_checks")

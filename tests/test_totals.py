@@ -14,7 +14,12 @@ from smart_retention.observation import Counters, Observation, PostInfo, PostKey
 from smart_retention.sources.recording import RecordedSource
 from smart_retention.storage import migrate, repository
 from smart_retention.storage.tables import post_metrics_checks, posts
-from smart_retention.storage.totals import CollectionTotals, read_totals, recount_totals
+from smart_retention.storage.totals import (
+    CollectionTotals,
+    read_totals,
+    recount_totals,
+    reset_totals,
+)
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -117,3 +122,17 @@ def test_upgrading_a_database_with_rows_counts_them_into_the_totals(bare_engine:
         check_rows = connection.execute(text("SELECT check_count FROM post_metrics_checks"))
         assert sorted(check_rows.scalars()) == [3, 3, 3, 3]
         connection.execute(delete(post_metrics_checks))
+
+
+def test_reset_totals_repairs_a_row_a_bulk_load_left_behind(engine: Engine) -> None:
+    """A load that bypassed the triggers (replica mode on PostgreSQL) leaves the row stale;
+    reset_totals sets it to the recount."""
+    _collect(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE collection_totals SET posts = 0, checks = 0"))
+        assert read_totals(connection).checks == 0
+        assert reset_totals(connection) == CollectionTotals(
+            posts=4, checks=12, saves=7, stable_posts=3
+        )
+    with engine.connect() as connection:
+        assert read_totals(connection) == recount_totals(connection)
