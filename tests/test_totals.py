@@ -13,6 +13,7 @@ from smart_retention.collector import Collector
 from smart_retention.observation import Counters, Observation, PostInfo, PostKey
 from smart_retention.sources.recording import RecordedSource
 from smart_retention.storage import migrate, repository
+from smart_retention.storage.engine import make_engine
 from smart_retention.storage.tables import post_metrics_checks, posts
 from smart_retention.storage.totals import (
     CollectionTotals,
@@ -136,3 +137,29 @@ def test_reset_totals_repairs_a_row_a_bulk_load_left_behind(engine: Engine) -> N
         )
     with engine.connect() as connection:
         assert read_totals(connection) == recount_totals(connection)
+
+
+def test_a_writer_with_another_search_path_counts_in_the_tables_own_schema(
+    postgres_database_url: str,
+) -> None:
+    """PostgreSQL: the triggers find the totals row beside the table they fired on, so a
+    schema-qualified write from a session whose search_path names another schema (a
+    copy between schemas, another tool) is counted, not refused."""
+    engine = make_engine(postgres_database_url)
+    try:
+        migrate.upgrade(engine)
+        _collect(engine)
+        with engine.begin() as connection:
+            schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+            connection.execute(text("SET LOCAL search_path TO public"))
+            connection.execute(
+                text(
+                    f'INSERT INTO "{schema}".posts (channel_id, msg_id, posted_at) '
+                    "VALUES (1, 99, now()), (1, 100, now())"
+                )
+            )
+        with engine.connect() as connection:
+            assert read_totals(connection).posts == 6
+            assert read_totals(connection) == recount_totals(connection)
+    finally:
+        engine.dispose()

@@ -40,41 +40,58 @@ SELECT 1,
        (SELECT count(stable_since) FROM post_metrics_checks)
 """
 
+# The functions find the totals row beside the table that fired them (TG_TABLE_SCHEMA),
+# not through the session's search_path: a writer whose search_path names another schema
+# (a copy between schemas, a tool with schema-qualified names) must count here too.
+# Transition tables are visible to the dynamic statement (SPI registers them).
+_ADD_TO_TOTALS = """
+    EXECUTE format(
+        'UPDATE %I.collection_totals SET posts = posts + $1, checks = checks + $2, '
+        'saves = saves + $3, stable_posts = stable_posts + $4',
+        TG_TABLE_SCHEMA
+    ) USING posts, checks, saves, stable;"""
+
 POSTGRESQL_FUNCTIONS = {
-    "collection_totals_count_checks": """
+    "collection_totals_count_checks": f"""
 CREATE FUNCTION collection_totals_count_checks() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    posts bigint := 0;
+    checks bigint := 0;
+    saves bigint := 0;
+    stable bigint := 0;
+    removed_checks bigint;
+    removed_saves bigint;
+    removed_stable bigint;
 BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        UPDATE collection_totals SET
-            checks = collection_totals.checks + added.checks,
-            saves = collection_totals.saves + added.saves,
-            stable_posts = collection_totals.stable_posts + added.stable
-        FROM (SELECT coalesce(sum(check_count), 0) AS checks,
-                     coalesce(sum(save_count), 0) AS saves,
-                     count(stable_since) AS stable
-              FROM new_rows) AS added;
+        SELECT coalesce(sum(check_count), 0), coalesce(sum(save_count), 0),
+               count(stable_since)
+        INTO checks, saves, stable FROM new_rows;
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE collection_totals SET
-            checks = collection_totals.checks - removed.checks,
-            saves = collection_totals.saves - removed.saves,
-            stable_posts = collection_totals.stable_posts - removed.stable
-        FROM (SELECT coalesce(sum(check_count), 0) AS checks,
-                     coalesce(sum(save_count), 0) AS saves,
-                     count(stable_since) AS stable
-              FROM old_rows) AS removed;
-    END IF;
+        SELECT coalesce(sum(check_count), 0), coalesce(sum(save_count), 0),
+               count(stable_since)
+        INTO removed_checks, removed_saves, removed_stable FROM old_rows;
+        checks := checks - removed_checks;
+        saves := saves - removed_saves;
+        stable := stable - removed_stable;
+    END IF;{_ADD_TO_TOTALS}
     RETURN NULL;
 END
 $$""",
-    "collection_totals_count_posts": """
+    "collection_totals_count_posts": f"""
 CREATE FUNCTION collection_totals_count_posts() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    posts bigint;
+    checks bigint := 0;
+    saves bigint := 0;
+    stable bigint := 0;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        UPDATE collection_totals SET posts = posts + (SELECT count(*) FROM new_rows);
+        SELECT count(*) INTO posts FROM new_rows;
     ELSE
-        UPDATE collection_totals SET posts = posts - (SELECT count(*) FROM old_rows);
-    END IF;
+        SELECT -count(*) INTO posts FROM old_rows;
+    END IF;{_ADD_TO_TOTALS}
     RETURN NULL;
 END
 $$""",
