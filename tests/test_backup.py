@@ -7,6 +7,7 @@ is of how a backup handles what the tool does, not a mock of the database.
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,7 @@ def test_rollback_without_a_terminal_and_without_yes_refuses(tmp_path: Path) -> 
 
 
 def test_a_missing_sqlite_file_is_not_backed_up(tmp_path: Path) -> None:
-    """The command line says so in one line with status 1, and creates no database."""
+    """The command line says so in one line with status 2, and creates no database."""
     missing = tmp_path / "missing.sqlite3"
     result = subprocess.run(
         [str(CLI), "backup", "--out", str(tmp_path / "b"), "--db", f"sqlite:///{missing}"],
@@ -249,8 +250,11 @@ def test_a_missing_sqlite_file_is_not_backed_up(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.strip() == f"error: SQLite database {missing} does not exist"
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"error: SQLite database {missing} does not exist (nothing was created); "
+        "check --db or SMART_RETENTION_DATABASE_URL"
+    )
     assert not missing.exists()
 
 
@@ -312,3 +316,214 @@ def test_two_backups_in_the_same_second_both_keep_their_files(tmp_path: Path) ->
     assert first.path != second.path
     assert first.path.read_bytes() == first_bytes
     assert sorted((tmp_path / "b").iterdir()) == sorted([first.path, second.path])
+
+
+# --- what a rollback refuses, before anything changes ---------------------------------
+
+
+def _sqlite_with(path: Path, *statements: str) -> Path:
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("only foo", "backup file {} is not a smart-retention backup: no post_metrics table "
+                     "(it holds only foo)"),
+        ("no table", "backup file {} is not a smart-retention backup: no post_metrics table "
+                     "(it holds no table)"),
+        ("empty file", "backup file {} is empty, not a backup"),
+        ("folder", "{} is a folder, not a backup file"),
+    ],
+)  # fmt: skip
+def test_rollback_refuses_a_file_that_is_no_smart_retention_backup(
+    tmp_path: Path, kind: str, message: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        before = database_state(engine)
+        other = tmp_path / "other.sqlite3"
+        if kind == "only foo":
+            _sqlite_with(other, "CREATE TABLE foo (id integer)", "INSERT INTO foo VALUES (1)")
+        elif kind == "no table":
+            _sqlite_with(other, "PRAGMA user_version = 1")
+        elif kind == "empty file":
+            other.touch()
+        else:
+            other.mkdir()
+
+        result = runner.invoke(app, ["rollback", "--backup", str(other), "--yes", "--db", url])
+
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"error: {message.format(other)}; nothing was restored\n"
+        assert result.stdout == ""
+        assert database_state(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_a_postgres_dump_without_post_metrics_is_refused(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(postgres_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE foo (id integer primary key)"))
+        other = take_backup(engine, tmp_path / "other").path
+        migrate.upgrade(engine)
+        before = database_state(engine)
+
+        result = runner.invoke(
+            app, ["rollback", "--backup", str(other), "--yes", "--db", postgres_database_url]
+        )
+
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            f"error: backup file {other} is not a smart-retention backup: no post_metrics "
+            "table (it holds only foo); nothing was restored\n"
+        )
+        assert database_state(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_the_dump_header_names_the_database_it_came_from() -> None:
+    listing = ";\n; Archive created at 2026-12-03 17:19:41 UTC\n;     dbname: prod\n;\n"
+    assert parse_toc(listing).dbname == "prod"
+    assert parse_toc("").dbname is None
+
+
+def test_a_postgres_dump_of_another_database_warns_and_restores(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    target = make_url(postgres_database_url)
+    schema = target.query["options"].split("=", 1)[1]
+    other_name = f"sr_other_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(target.set(query={}), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{other_name}"'))
+    try:
+        other_url = target.set(database=other_name).render_as_string(hide_password=False)
+        other = make_engine(other_url)
+        try:
+            with other.begin() as connection:
+                connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+            migrate.upgrade(other)
+            dump = take_backup(other, tmp_path / "b").path
+        finally:
+            other.dispose()
+
+        result = runner.invoke(
+            app, ["rollback", "--backup", str(dump), "--yes", "--db", postgres_database_url]
+        )
+
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (
+            f"warning: backup file {dump} was dumped from database {other_name}, not from "
+            f"{target.database}, the database it is restored into\n"
+        )
+        engine = make_engine(postgres_database_url)
+        try:
+            assert migrate.current_revision(engine) == migrate.heads()[0]
+        finally:
+            engine.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_urls_are_shown_without_the_password_and_without_the_timezone_option() -> None:
+    from smart_retention.storage.engine import display_url
+
+    engine = make_engine("postgresql://app:s3cret@db.example/prod?options=-csearch_path%3Dx")
+    try:
+        assert "TimeZone" in str(engine.url.query["options"])
+        shown = display_url(engine.url)
+    finally:
+        engine.dispose()
+    assert shown == "postgresql+psycopg://app:***@db.example/prod?options=-csearch_path%3Dx"
+    assert display_url("postgresql://app@db/prod") == "postgresql://app@db/prod"
+    plain = make_engine("postgresql://app@db/prod")
+    try:
+        assert display_url(plain.url) == "postgresql+psycopg://app@db/prod"
+    finally:
+        plain.dispose()
+
+
+def test_a_postgres_rollback_names_the_database_as_the_user_gave_it(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(postgres_database_url)
+    try:
+        migrate.upgrade(engine)
+        backup = take_backup(engine, tmp_path)
+    finally:
+        engine.dispose()
+
+    result = runner.invoke(
+        app, ["rollback", "--backup", str(backup.path), "--yes", "--db", postgres_database_url]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "TimeZone" not in result.stdout
+    assert "search_path" in result.stdout
+
+
+def test_one_table_is_one_table() -> None:
+    from smart_retention.backup import Backup
+
+    one = Backup(Path("b.sqlite3"), BackupKind.SQLITE, 4096, ("foo",), None, 0.1)
+    assert one.describe() == "b.sqlite3 (4.0 KiB, 1 table, verified)"
+
+
+def test_a_sqlite_rollback_waits_for_a_writer_then_gives_up_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smart_retention.backup as backup_module
+
+    monkeypatch.setattr(backup_module, "SQLITE_RESTORE_WAIT_S", 1.0)
+    monkeypatch.setattr(backup_module, "SQLITE_BUSY_STEP_S", 0.2)
+    url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine, "0001")
+        backup = take_backup(engine, tmp_path / "b")
+        migrate.upgrade(engine)
+        before = database_state(engine)
+        writer = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sqlite3, sys, time\n"
+             f"c = sqlite3.connect({str(tmp_path / 'live.sqlite3')!r}, isolation_level=None)\n"
+             "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(30)"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "held\n"
+            started = time.monotonic()
+            with pytest.raises(RestoreFailed, match="stayed locked by another writer for 1 s"):
+                restore_backup(engine, backup.path)
+            assert time.monotonic() - started < 10
+        finally:
+            writer.kill()
+            writer.communicate()
+        assert database_state(engine) == before
+    finally:
+        engine.dispose()

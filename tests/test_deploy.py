@@ -301,7 +301,7 @@ def test_db_stamp_records_a_revision_without_running_it(tmp_path: Path) -> None:
 
 def test_db_stamp_of_an_unknown_revision_is_one_line_with_status_2(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(CLI), "db", "stamp", "9999", "--db", f"sqlite:///{tmp_path / 'x.sqlite3'}"],
+        [str(CLI), "db", "stamp", "9999", "--db", _migrated_sqlite(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
@@ -430,3 +430,313 @@ def test_on_a_terminal_deploy_asks_once_before_deleting(
     else:
         assert "deploy stopped at step confirm: not confirmed" in result.stderr
         assert left == len(rows)
+
+
+# --- a fresh user's mistakes (issue 8 follow-up) --------------------------------------
+
+
+def _migrated_sqlite(tmp_path: Path, revision: str = "0001") -> str:
+    url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.mark.parametrize("broker", ["garbage://", "redis://127.0.0.1:notaport/0"])
+def test_a_broker_url_that_cannot_be_used_skips_the_reload_and_the_deploy_finishes(
+    tmp_path: Path, broker: str
+) -> None:
+    url = _migrated_sqlite(tmp_path)
+
+    result = runner.invoke(
+        app,
+        ["deploy", "--yes", "--backup-dir", str(tmp_path / "b"), "--db", url],
+        env={"SMART_RETENTION_BROKER_URL": broker},
+    )
+
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("reload-workers:")]
+    assert line.startswith("reload-workers: skipped: broker URL ")
+    assert "verify: revision" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("backup: ")
+    assert "Traceback" not in result.output
+
+
+def test_any_failure_of_the_reload_step_is_a_skip_not_a_failed_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smart_retention.deploy as deploy_module
+
+    def explode(_url: str | None) -> str:
+        raise RuntimeError("the broker hung up")
+
+    monkeypatch.setattr(deploy_module, "reload_workers", explode)
+    engine = make_engine(_migrated_sqlite(tmp_path))
+    try:
+        lines: list[str] = []
+        options = DeployOptions(backup_dir=tmp_path / "b", broker_url="redis://x")
+        report = run_deploy(engine, options, emit=lines.append)
+    finally:
+        engine.dispose()
+    assert "reload-workers: skipped: the broker hung up" in lines
+    assert lines[-1].startswith("verify: ")
+    assert report.after is not None
+
+
+def test_reload_workers_with_an_unknown_transport_says_so() -> None:
+    line = reload_workers("garbage://")
+    assert line == "skipped: broker URL garbage:// is not usable (No such transport: garbage)"
+
+
+def _start_deploy(url: str, backup_dir: Path, *extra: str, **popen: object) -> subprocess.Popen:
+    import os
+
+    return subprocess.Popen(
+        [str(CLI), "deploy", "--backup-dir", str(backup_dir), *extra, "--db", url],
+        env={**os.environ, "SMART_RETENTION_BROKER_URL": NO_BROKER, "PYTHONUNBUFFERED": "1"},
+        text=True,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def _read_until(stream, marker: str, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+    """Lines of `stream` up to the first that holds `marker` (a thread keeps it honest)."""
+    import threading
+
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            seen.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"{marker!r} not seen in: {''.join(seen)}"
+    return "".join(seen)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_deploy_interrupted_during_the_cleanup_says_where_and_a_second_deploy_finishes(
+    tmp_path: Path, signum: str
+) -> None:
+    import signal
+
+    url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    engine = make_engine(url)
+    try:
+        rows = build_legacy_database(engine, tmp_path)
+    finally:
+        engine.dispose()
+    backups = tmp_path / "b"
+    # One row per batch: the cleanup takes long enough to be caught in the middle.
+    deploy = _start_deploy(
+        url, backups, "--yes", "--batch-size", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _read_until(deploy.stdout, "confirm: skipped")
+        time.sleep(0.5)
+        deploy.send_signal(getattr(signal, signum))
+        _, stderr = deploy.communicate(timeout=60)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait()
+
+    (first_backup,) = backups.iterdir()
+    assert deploy.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: deploy interrupted at step cleanup; the database is consistent (each cleanup "
+        "batch commits whole); run deploy again to finish, or roll back: smart-retention "
+        f"rollback --backup {first_backup}"
+    )
+    engine = make_engine(url)
+    try:
+        left = len(snapshot_rows(engine))
+        assert len(collapse_repeats(rows)) < left < len(rows), "stopped midway"
+
+        again = deploy_cli(url, backups)
+
+        assert again.exit_code == 0, again.output
+        backup_line = again.stdout.splitlines()[0]
+        assert f"1 earlier backup of this database in {backups} (oldest {first_backup.name})" in (
+            backup_line
+        )
+        assert "roll back to the backup taken before its first attempt" in backup_line
+        assert snapshot_rows(engine) == collapse_repeats(rows)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d"])
+def test_ctrl_c_or_end_of_input_at_the_question_is_a_no(tmp_path: Path, key: str) -> None:
+    import os
+    import pty
+    import signal
+
+    url = _migrated_sqlite(tmp_path)
+    controller, terminal = pty.openpty()
+    try:
+        deploy = _start_deploy(
+            url, tmp_path / "b", stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            # The question is written without a newline: wait for the step before it.
+            _read_until(deploy.stdout, "dry-run:")
+            time.sleep(0.5)
+            if key == "ctrl-c":
+                deploy.send_signal(signal.SIGINT)
+            else:
+                os.write(controller, b"\x04")
+            _, stderr = deploy.communicate(timeout=60)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+    assert deploy.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert "error: deploy stopped at step confirm: not confirmed; nothing deleted" in stderr
+
+
+def test_an_interrupt_at_the_question_is_a_no(tmp_path: Path) -> None:
+    def interrupt(_question: str) -> bool:
+        raise KeyboardInterrupt
+
+    engine = make_engine(_migrated_sqlite(tmp_path))
+    try:
+        options = DeployOptions(backup_dir=tmp_path / "b", confirm=interrupt)
+        with pytest.raises(DeployFailed, match=r"^deploy stopped at step confirm: not confirmed"):
+            run_deploy(engine, options, emit=lambda _line: None)
+    finally:
+        engine.dispose()
+
+
+def test_the_question_takes_an_abort_as_a_no(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smart_retention import cli_deploy
+
+    def abort(*_args: object, **_kwargs: object) -> bool:
+        raise cli_deploy.typer.Abort
+
+    monkeypatch.setattr(cli_deploy.typer, "confirm", abort)
+    assert cli_deploy._ask("Delete?") is False
+
+
+# (arguments, message on stderr); {file}, {folder}, {missing} and {db} are filled in.
+FRESH_USER_MISTAKES = [
+    (["backup", "--out", "{file}", "--db", "{db}"],
+     "error: backup folder {file} is a file, not a folder; give --out (or --backup-dir) a "
+     "folder; nothing was done"),
+    (["backup", "--out", "{file}/sub", "--db", "{db}"],
+     "error: backup folder {file}/sub lies under {file}, a file, not a folder"),
+    (["backup", "--out", "/proc/nope", "--db", "{db}"],
+     "error: backup folder /proc/nope cannot be created: "),
+    (["backup", "--out", "/sys", "--db", "{db}"],
+     "error: cannot write a backup into the folder /sys: "),
+    (["backup", "--db", "sqlite:///{folder}"],
+     "error: SQLite database {folder} is a folder, not a database file"),
+    (["deploy", "--yes", "--backup-dir", "{file}", "--db", "{db}"],
+     "error: backup folder {file} is a file, not a folder"),
+    (["db", "stamp", "", "--db", "{db}"],
+     "error: db stamp needs a revision, e.g. 0001 (an empty one was given)"),
+    (["deploy", "--yes", "--db", "mysql://x@localhost/db"],
+     "error: database URL mysql://x@localhost/db: mysql is not supported; only sqlite and "
+     "postgresql are"),
+    (["db", "upgrade", "--db", "mysql://x@localhost/db"],
+     "error: database URL mysql://x@localhost/db: mysql is not supported"),
+    (["deploy", "--yes", "--batch-size", "99999999999999999999", "--db", "{db}"],
+     "1000000"),
+    (["db", "stamp", "0001", "--db", "sqlite:///{missing}"],
+     "error: SQLite database {missing} does not exist (nothing was created)"),
+    (["db", "current", "--db", "sqlite:///{missing}"],
+     "error: SQLite database {missing} does not exist (nothing was created)"),
+    (["backup", "--db", "sqlite:///{missing}"],
+     "error: SQLite database {missing} does not exist (nothing was created)"),
+    (["rollback", "--yes", "--backup", "{file}", "--db", "sqlite:///{missing}"],
+     "error: SQLite database {missing} does not exist (nothing was created)"),
+    (["db", "stamp", "0002", "--db", "{db}"],
+     "error: refusing to stamp revision 0002: the database's tables are not that revision's "
+     "(channels lacks columns access_hash, deferred_until; post_metrics_checks lacks columns "
+     "deferred_until, miss_count, missing_since); nothing was changed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("arguments", "message"), FRESH_USER_MISTAKES)
+def test_a_fresh_users_mistake_is_one_line_with_status_2_and_changes_nothing(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    import os
+
+    db_file = tmp_path / "live.sqlite3"
+    url = _migrated_sqlite(tmp_path)
+    engine = make_engine(url)
+    try:
+        before = database_state(engine)
+    finally:
+        engine.dispose()
+    names = {
+        "file": tmp_path / "a-file",
+        "folder": tmp_path / "a-folder",
+        "missing": tmp_path / "missing.sqlite3",
+        "db": url,
+    }
+    names["file"].write_text("not a folder")
+    names["folder"].mkdir()
+    listing = sorted(os.listdir(tmp_path))
+
+    result = subprocess.run(
+        [str(CLI), *(argument.format(**names) for argument in arguments)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "SMART_RETENTION_BROKER_URL": NO_BROKER},
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message.format(**names) in result.stderr
+    if message.startswith("error: "):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == listing, "nothing created, nothing removed"
+    engine = make_engine(f"sqlite:///{db_file}")
+    try:
+        assert database_state(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_db_stamp_with_force_records_a_revision_the_tables_do_not_match(tmp_path: Path) -> None:
+    url = _migrated_sqlite(tmp_path)
+
+    result = runner.invoke(app, ["db", "stamp", "0002", "--force", "--db", url])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "database stamped at revision 0002"
+
+
+def test_a_backup_dir_that_is_a_file_fails_the_backup_step_without_a_traceback_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command line refuses it before starting; the function on its own says so at
+    the backup step, as an expected failure (no traceback logged)."""
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    engine = make_engine(_migrated_sqlite(tmp_path))
+    try:
+        with pytest.raises(DeployFailed, match=r"at step backup: backup folder .* is a file"):
+            run_deploy(engine, DeployOptions(backup_dir=file), emit=lambda _line: None)
+    finally:
+        engine.dispose()
+    assert not [record for record in caplog.records if record.exc_info]

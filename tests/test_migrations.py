@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 
 from smart_retention.storage import migrate
 from smart_retention.storage.tables import metadata, post_metrics
@@ -76,3 +76,113 @@ def test_a_naive_timestamp_is_refused_at_the_storage_boundary(engine: Engine) ->
             channels.insert(),
             {"channel_id": 1, "created_at": datetime(2026, 1, 1)},  # noqa: DTZ001
         )
+
+
+def _fill_every_table(engine: Engine) -> None:
+    """Two channels, three posts, snapshots and check rows, at the head revision."""
+    from smart_retention.storage.tables import channels, post_metrics_checks, posts
+
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            channels.insert(),
+            [
+                {"channel_id": 1, "username": "one", "title": "One", "created_at": moment,
+                 "access_hash": -5, "deferred_until": later},
+                {"channel_id": 2, "username": None, "title": "Two", "created_at": moment,
+                 "access_hash": None, "deferred_until": None},
+            ],
+        )  # fmt: skip
+        keys = [(1, 10), (1, 11), (2, 20)]
+        connection.execute(
+            posts.insert(),
+            [{"channel_id": c, "msg_id": m, "posted_at": moment} for c, m in keys],
+        )
+        connection.execute(
+            post_metrics.insert(),
+            [
+                {"channel_id": c, "msg_id": m, "snapshot_time": when, "views": m + hour,
+                 "forwards": 1, "reactions": None, "replies": 0}
+                for c, m in keys
+                for hour, when in enumerate((moment, later))
+            ],
+        )  # fmt: skip
+        connection.execute(
+            post_metrics_checks.insert(),
+            [
+                {"channel_id": c, "msg_id": m, "last_checked_at": later,
+                 "last_changed_at": later, "last_saved_at": later, "check_count": 3,
+                 "save_count": 2, "checks_since_save": 1,
+                 "stable_since": later if m == 10 else None, "post_age_hours": 24.0,
+                 "last_views": m + 1, "last_forwards": 1, "last_reactions": None,
+                 "last_replies": 0, "policy_state": {"step": m}, "miss_count": 1}
+                for c, m in keys
+            ],
+        )  # fmt: skip
+
+
+# Columns of revision 0001, which every revision keeps.
+_COLUMNS_0001 = {
+    "channels": ("channel_id", "username", "title", "created_at"),
+    "posts": ("channel_id", "msg_id", "posted_at", "deleted_at"),
+    "post_metrics": ("channel_id", "msg_id", "snapshot_time", "views", "forwards",
+                     "reactions", "replies"),
+    "post_metrics_checks": ("channel_id", "msg_id", "last_checked_at", "last_changed_at",
+                            "last_saved_at", "check_count", "save_count", "checks_since_save",
+                            "stable_since", "post_age_hours", "last_views", "last_forwards",
+                            "last_reactions", "last_replies", "policy_state"),
+}  # fmt: skip
+
+
+def _contents(engine: Engine) -> dict[str, list[tuple]]:
+    found = {}
+    with engine.connect() as connection:
+        for table, columns in _COLUMNS_0001.items():
+            listed = ", ".join(columns)
+            rows = connection.execute(text(f"SELECT {listed} FROM {table}")).all()
+            found[table] = sorted(tuple(repr(value) for value in row) for row in rows)
+    return found
+
+
+def test_downgrading_step_by_step_to_0001_and_back_keeps_every_row(bare_engine: Engine) -> None:
+    """No migration step deletes rows: on SQLite a table recreation (batch mode) with
+    foreign keys on would cascade-delete the posts and snapshots of a recreated
+    `channels`."""
+    from smart_retention.storage import totals
+
+    migrate.upgrade(bare_engine)
+    _fill_every_table(bare_engine)
+    original = _contents(bare_engine)
+    assert [len(original[table]) for table in _COLUMNS_0001] == [2, 3, 6, 3]
+    with bare_engine.connect() as connection:
+        original_totals = totals.read_totals(connection)
+    steps = ["0002", "0001"]
+    for revision in steps:
+        migrate.downgrade(bare_engine, revision)
+        assert migrate.current_revision(bare_engine) == revision
+        assert _contents(bare_engine) == original, revision
+    for revision in ["0002", "0003"]:
+        migrate.upgrade(bare_engine, revision)
+        assert _contents(bare_engine) == original, revision
+    assert migrate.current_revision(bare_engine) == migrate.heads()[0]
+    with bare_engine.connect() as connection:
+        assert totals.read_totals(connection) == original_totals
+    # The totals triggers are back and count new rows.
+    with bare_engine.begin() as connection:
+        connection.execute(text("DELETE FROM posts WHERE channel_id = 2"))
+    with bare_engine.connect() as connection:
+        kept = totals.read_totals(connection)
+        assert kept.posts == original_totals.posts - 1
+        assert kept == totals.recount_totals(connection)
+
+
+def test_no_migration_recreates_a_table_through_batch_mode() -> None:
+    """Batch mode on SQLite copies, drops and renames a table: the drop cascades."""
+    from pathlib import Path
+
+    import smart_retention.storage.migrations.versions as versions
+
+    folder = Path(versions.__file__).parent
+    users = [p.name for p in folder.glob("*.py") if "batch_alter_table" in p.read_text()]
+    assert users == []

@@ -48,6 +48,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import URL
 
 from smart_retention.errors import UserError
+from smart_retention.storage.engine import display_url
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ PUBLISH_ATTEMPTS = 100
 # How long the restore waits for a table a collector or the API is using before it gives
 # up (and rolls back): stop the workers first, see docs/deploy.md.
 RESTORE_LOCK_TIMEOUT = "30s"
+# How long a SQLite restore waits for another writer to let go of the database, and how
+# long each try waits before the next (SQLite's busy timeout of the restoring connection).
+SQLITE_RESTORE_WAIT_S = 30.0
+SQLITE_BUSY_STEP_S = 1.0
 # URL query keys that are SQLAlchemy's or psycopg's own, not libpq connection keywords.
 NOT_LIBPQ_KEYS = frozenset({"client_encoding", "prepare_threshold", "autocommit"})
 
@@ -82,6 +87,17 @@ class RestoreFailed(UserError):
     """A backup could not be restored; the database is as it was before the attempt."""
 
     exit_code = 1
+
+
+class NotABackup(RestoreFailed):
+    """The file given to restore is not a smart-retention backup for this database; a
+    bad argument, refused before anything is touched."""
+
+    exit_code = 2
+
+
+class BackupFolderUnusable(UserError):
+    """The folder given for backups is a file, or cannot be created or written to."""
 
 
 class BackupKind(StrEnum):
@@ -104,15 +120,48 @@ class Backup:
 
     def describe(self) -> str:
         where = f", schema {self.schema}" if self.schema else ""
-        return f"{self.path} ({human_size(self.bytes)}, {len(self.tables)} tables{where}, verified)"
+        tables = "1 table" if len(self.tables) == 1 else f"{len(self.tables)} tables"
+        return f"{self.path} ({human_size(self.bytes)}, {tables}{where}, verified)"
+
+
+def check_backup_folder(out_dir: Path) -> None:
+    """Refuse, before anything runs, a backup folder that is a file or lies under one."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == out_dir else f"lies under {folder}, a file"
+                raise BackupFolderUnusable(
+                    f"backup folder {out_dir} {what}, not a folder; give --out (or "
+                    "--backup-dir) a folder; nothing was done"
+                )
+            return
+
+
+def _prepare_folder(out_dir: Path, partial: Path) -> None:
+    """Create `out_dir` and the (empty) partial file in it, or say which folder fails."""
+    check_backup_folder(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BackupFolderUnusable(
+            f"backup folder {out_dir} cannot be created: {error.strerror or error}; "
+            "nothing was done"
+        ) from None
+    try:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        raise BackupFolderUnusable(
+            f"cannot write a backup into the folder {out_dir}: {error.strerror or error}; "
+            "nothing was done"
+        ) from None
 
 
 def take_backup(engine: Engine, out_dir: Path = DEFAULT_BACKUP_DIR) -> Backup:
     """Write a verified backup of `engine`'s database into `out_dir`; see the module note."""
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
     kind = _kind_of_engine(engine)
     partial = out_dir / f".{FILE_PREFIX}-{uuid.uuid4().hex}.partial"
+    _prepare_folder(out_dir, partial)
     try:
         if kind is BackupKind.POSTGRESQL:
             tables, schema = _dump_postgres(engine, partial)
@@ -159,18 +208,102 @@ def _publish(
     raise BackupFailed(f"{PUBLISH_ATTEMPTS} backups named {final.name} and before exist already")
 
 
-def restore_backup(engine: Engine, path: Path) -> None:
-    """Put the database back exactly as `path` holds it, in one transaction."""
+# The table every smart-retention database has had since its first revision: a file
+# without it is not a backup of one, whatever else it holds.
+SNAPSHOT_TABLE = "post_metrics"
+
+
+def check_backup(engine: Engine, path: Path) -> list[str]:
+    """Refuse (`NotABackup`, status 2) a file that is no backup of smart-retention for
+    this database: missing, a folder, empty, of the other kind, or without the snapshot
+    table. Returns warnings worth a line (a dump of another database's name)."""
+    if path.is_dir():
+        raise NotABackup(f"{path} is a folder, not a backup file; nothing was restored")
     if not path.is_file():
-        raise RestoreFailed(f"backup file {path} does not exist")
+        raise NotABackup(f"backup file {path} does not exist; nothing was restored")
+    if path.stat().st_size == 0:
+        raise NotABackup(f"backup file {path} is empty, not a backup; nothing was restored")
     kind = _kind_of_engine(engine)
     found = backup_kind_of_file(path)
     if found is not kind:
         what = f"a {found} backup" if found else "neither a pg_dump archive nor a SQLite file"
-        raise RestoreFailed(
+        raise NotABackup(
             f"backup file {path} is {what}, but the database {_where(engine)} is {kind}; "
             "nothing was restored"
         )
+    if kind is BackupKind.SQLITE:
+        try:
+            backup = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                tables = _sqlite_tables(backup)
+            finally:
+                backup.close()
+        except sqlite3.Error as failure:
+            raise NotABackup(
+                f"backup file {path} cannot be read as SQLite ({failure}); nothing was restored"
+            ) from None
+        _require_snapshot_table(path, SNAPSHOT_TABLE in tables, tables)
+        return []
+    listing = _run(
+        [pg_tool("pg_restore"), "--list", str(path)],
+        env=None,
+        what=f"pg_restore --list {path}",
+        error=NotABackup,
+    ).stdout
+    toc = parse_toc(listing)
+    tables = tuple(sorted(name for _, name in toc.tables))
+    _require_snapshot_table(path, SNAPSHOT_TABLE in tables, tables)
+    warnings = []
+    source, target = toc.dbname, engine.url.database
+    if source is not None and target is not None and source != target:
+        warnings.append(
+            f"backup file {path} was dumped from database {source}, not from {target}, "
+            "the database it is restored into"
+        )
+    return warnings
+
+
+def _require_snapshot_table(path: Path, present: bool, tables: tuple[str, ...]) -> None:
+    if present:
+        return
+    held = f"it holds only {', '.join(tables)}" if tables else "it holds no table"
+    raise NotABackup(
+        f"backup file {path} is not a smart-retention backup: no {SNAPSHOT_TABLE} table "
+        f"({held}); nothing was restored"
+    )
+
+
+# A published backup's name: smart-retention-<label>-<UTC time>[-<n>].<ext>.
+_BACKUP_NAME = re.compile(
+    r"^(?P<head>.+-)(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?(?P<ext>\.[a-z0-9]+)$"
+)
+
+
+def earlier_backups(backup: Path) -> list[Path]:
+    """The other backups of the same database (same label) in `backup`'s folder, oldest
+    first: after an interrupted deploy, the oldest of a series is the one that holds the
+    database as it was before the first attempt."""
+    match = _BACKUP_NAME.match(backup.name)
+    if match is None or not backup.parent.is_dir():
+        return []
+    found = []
+    for other in backup.parent.iterdir():
+        twin = _BACKUP_NAME.match(other.name)
+        if (
+            twin is not None
+            and other != backup
+            and twin.group("head") == match.group("head")
+            and twin.group("ext") == match.group("ext")
+        ):
+            found.append((twin.group("stamp"), int(twin.group("n") or 1), other))
+    return [path for _, _, path in sorted(found)]
+
+
+def restore_backup(engine: Engine, path: Path) -> None:
+    """Put the database back exactly as `path` holds it, in one transaction."""
+    for warning in check_backup(engine, path):
+        log.info("backup.restore_warning %s", warning)
+    kind = _kind_of_engine(engine)
     started = time.perf_counter()
     if kind is BackupKind.POSTGRESQL:
         _restore_postgres(engine, path)
@@ -200,7 +333,7 @@ def _kind_of_engine(engine: Engine) -> BackupKind:
 
 
 def _where(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return display_url(engine.url)
 
 
 def human_size(size: int) -> str:
@@ -351,16 +484,26 @@ class Toc:
     schemas: tuple[str, ...]
     tables: frozenset[tuple[str, str]]
     lines: tuple[str, ...]
+    # The database the archive was dumped from (the header's "dbname:"), if it says.
+    dbname: str | None = None
 
 
 # An entry: "<id>; <catalog oid> <object oid> <TYPE WORDS> <schema or -> <name> <owner>".
 _TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (?P<rest>.*)$")
 
 
+_TOC_DBNAME = re.compile(r"^;\s+dbname:\s*(?P<name>.*?)\s*$")
+
+
 def parse_toc(listing: str) -> Toc:
     schemas, tables = [], set()
+    dbname = None
     lines = tuple(listing.splitlines())
     for line in lines:
+        header = _TOC_DBNAME.match(line)
+        if header is not None and dbname is None:
+            dbname = header.group("name")
+            continue
         entry = _TOC_ENTRY.match(line)
         if entry is None:
             continue
@@ -370,7 +513,7 @@ def parse_toc(listing: str) -> Toc:
         elif rest.startswith("TABLE ") and not rest.startswith("TABLE DATA "):
             words = rest.split()
             tables.add((words[1], words[2]))
-    return Toc(tuple(schemas), frozenset(tables), lines)
+    return Toc(tuple(schemas), frozenset(tables), lines, dbname)
 
 
 # The schema object's own entries: its creation, owner, comment and grants.
@@ -570,8 +713,20 @@ def verify_sqlite_copy(path: Path, tables: tuple[str, ...]) -> None:
         raise BackupFailed(f"the SQLite backup {path} lacks tables: {', '.join(missing)}")
 
 
+class _WaitedTooLong(Exception):
+    """The SQLite restore waited SQLITE_RESTORE_WAIT_S for another writer's lock."""
+
+
 def _restore_sqlite(engine: Engine, path: Path) -> None:
     target_path = sqlite_path(engine)
+    # Python's backup loop retries a busy database for ever: a writer that never lets go
+    # (a cleanup, a stuck collector) would hang the rollback. Give up after the wait.
+    deadline = time.monotonic() + SQLITE_RESTORE_WAIT_S
+
+    def give_up_when_late(status: int, _remaining: int, _total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and (time.monotonic() > deadline):
+            raise _WaitedTooLong
+
     try:
         backup = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -581,14 +736,20 @@ def _restore_sqlite(engine: Engine, path: Path) -> None:
                     f"backup {path} fails its integrity check ({verdict[0][0]}); "
                     "nothing was restored"
                 )
-            target = sqlite3.connect(target_path, timeout=30)
+            target = sqlite3.connect(target_path, timeout=SQLITE_BUSY_STEP_S)
             try:
                 # Replaces every page of the target in one write transaction.
-                backup.backup(target)
+                backup.backup(target, progress=give_up_when_late)
             finally:
                 target.close()
         finally:
             backup.close()
+    except _WaitedTooLong:
+        raise RestoreFailed(
+            f"{target_path} stayed locked by another writer for {SQLITE_RESTORE_WAIT_S:g} s; "
+            "stop the collectors and the API (docs/deploy.md, Rollback) and try again; "
+            "nothing was restored"
+        ) from None
     except sqlite3.Error as failure:
         raise RestoreFailed(f"restoring {path} into {target_path} failed: {failure}") from None
     # Connections pooled before the restore hold a stale view of the schema.

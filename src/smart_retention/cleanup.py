@@ -85,7 +85,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from smart_retention.errors import UserError
 from smart_retention.observation import COUNTER_FIELDS
-from smart_retention.storage.engine import SQLITE_BEGIN_MODE
+from smart_retention.storage.engine import SQLITE_BEGIN_MODE, display_url
 from smart_retention.storage.tables import post_metrics, post_metrics_checks
 from smart_retention.storage.types import UTCDateTime
 
@@ -95,6 +95,9 @@ log = logging.getLogger(__name__)
 # two-core machine) a batch this size takes 0.15 s (p99 0.3 s), well inside the second
 # a batch may hold its locks, and per-batch overhead stays a few percent of the run.
 DEFAULT_BATCH_SIZE = 10_000
+# The most rows one batch may delete: a transaction this long already holds its locks for
+# minutes; a larger number is a typo (and past 2**63 the database cannot take it at all).
+MAX_BATCH_SIZE = 1_000_000
 # pg_try_advisory_lock(class, object): the class says "smart-retention cleanup" (the bytes
 # of 'SRC1'), the object is a hash of the schema, so each deployment has a lock of its own.
 ADVISORY_LOCK_CLASS = 0x53524331
@@ -187,8 +190,8 @@ def run_cleanup(
     progress: ProgressCallback | None = None,
 ) -> CleanupReport:
     """Delete (or with `dry_run`, count) the duplicates; see the module docstring."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be 1 to {MAX_BATCH_SIZE:,}, got {batch_size}")
     started = time.perf_counter()
     _require_snapshot_table(engine)
     with cleanup_lock(engine) as connection:
@@ -522,7 +525,7 @@ def _count_rows(connection: Connection) -> int:
 def _require_snapshot_table(engine: Engine) -> None:
     if not inspect(engine).has_table(_PM.name):
         raise NoSnapshotTable(
-            f"database {engine.url.render_as_string(hide_password=True)} has no "
+            f"database {display_url(engine.url)} has no "
             f"{_PM.name} table; nothing to clean (create the schema with: "
             "smart-retention db upgrade)"
         )

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from smart_retention.cleanup import DEFAULT_BATCH_SIZE as CLEANUP_BATCH_SIZE
+from smart_retention.cleanup import MAX_BATCH_SIZE as CLEANUP_MAX_BATCH_SIZE
 from smart_retention.cleanup import (
     CleanupNotConfirmed,
     CleanupReport,
@@ -53,7 +54,7 @@ from smart_retention.sources.recording import (
 )
 from smart_retention.sources.synthetic import SyntheticSource
 from smart_retention.storage import migrate, repository
-from smart_retention.storage.engine import make_engine
+from smart_retention.storage.engine import check_sqlite_file, display_url, make_engine
 
 app = typer.Typer(
     help="Keep post metrics without drowning in them.",
@@ -94,15 +95,19 @@ def main() -> None:
         _fail(f"database: {str(error.orig).strip().splitlines()[0]}")
     except CommandError as error:
         _fail(f"migration: {error}")
+    except UserError as error:
+        # Raised outside a command's own _user_errors (an unsupported database URL, a
+        # SQLite path that is a folder, when the engine is made).
+        _fail(str(error), error.exit_code)
     except ValidationError as error:
         first = error.errors()[0]
         setting = "SMART_RETENTION_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
         _fail(f"{setting}: {first['msg']}")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exit_code: int = UserError.exit_code) -> NoReturn:
     err_console.print(f"error: {message}", markup=False, highlight=False)
-    raise SystemExit(UserError.exit_code)
+    raise SystemExit(exit_code)
 
 
 @app.callback()
@@ -116,10 +121,17 @@ def _setup(
     # Third-party chatter stays at WARNING whatever our level is.
     for noisy in ("alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Telethon warns at every failed connection attempt; the command's one-line error
+    # says it once. -v shows them.
+    logging.getLogger("telethon").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
-def _engine(db: str | None) -> Engine:
-    return make_engine(db or load_settings().database_url)
+def _engine(db: str | None, *, must_exist: bool = False) -> Engine:
+    """The engine of --db or the setting. A SQLite path that is a folder is refused; with
+    `must_exist`, so is one naming no file (connecting would create an empty database)."""
+    url = db or load_settings().database_url
+    check_sqlite_file(url, must_exist=must_exist)
+    return make_engine(url)
 
 
 @contextmanager
@@ -158,7 +170,9 @@ def db_downgrade(
 @db_app.command("current")
 def db_current(db: DbOption = None) -> None:
     """Print the schema revision of the database."""
-    console.print(migrate.current_revision(_engine(db)) or "base (no schema)")
+    with _user_errors():
+        engine = _engine(db, must_exist=True)
+    console.print(migrate.current_revision(engine) or "base (no schema)")
 
 
 @app.command()
@@ -631,8 +645,21 @@ def run(
         scheduler = EmbeddedScheduler(
             engine, built, batch_size=settings.batch_size, stop=stop, on_run=_print_tier_run
         )
-        with stop_on_signals(stop):
-            summary = scheduler.run(once=once)
+        if not getattr(built, "has_channels", lambda: True)():
+            err_console.print(
+                "no tracked Telegram channels: nothing to collect; add one with "
+                "'smart-retention channels add @name'",
+                markup=False,
+                highlight=False,
+            )
+        try:
+            with stop_on_signals(stop):
+                summary = scheduler.run(once=once)
+        finally:
+            # A live source holds a connection and an event loop: close them here.
+            close = getattr(built, "close", None)
+            if close is not None:
+                close()
     for message in summary.messages:
         err_console.print(f"rejected: {message}", markup=False, highlight=False)
     ending = "stopped" if summary.stopped else "done"
@@ -760,7 +787,13 @@ def cleanup(
         bool, typer.Option("--dry-run", help="Count the duplicates; delete nothing.")
     ] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Rows per batch (one transaction each).")
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=CLEANUP_MAX_BATCH_SIZE,
+            help="Rows per batch (one transaction each).",
+        ),
     ] = CLEANUP_BATCH_SIZE,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -806,7 +839,7 @@ def _confirm_cleanup(engine: Engine) -> None:
             "count first with --dry-run, then run with --yes"
         )
     rows = count_snapshots(engine)
-    where = engine.url.render_as_string(hide_password=True)
+    where = display_url(engine.url)
     question = f"Delete the duplicates among the {rows:,} rows of post_metrics in {where}?"
     if not typer.confirm(question, default=False, err=True):
         err_console.print("cleanup cancelled: nothing deleted")

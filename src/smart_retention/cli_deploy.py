@@ -4,10 +4,12 @@ They are registered on cli.py's app by importing this module at the end of cli.p
 helpers they share with the other commands (console, engine, error handling) are cli.py's.
 """
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -15,16 +17,19 @@ from sqlalchemy import Engine
 
 from smart_retention.backup import (
     DEFAULT_BACKUP_DIR,
-    backup_kind_of_file,
+    check_backup,
+    check_backup_folder,
     restore_backup,
     take_backup,
 )
-from smart_retention.cleanup import DEFAULT_BATCH_SIZE
+from smart_retention.cleanup import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 from smart_retention.cli import DbOption, _engine, _user_errors, app, console, db_app, err_console
 from smart_retention.config import load_settings
 from smart_retention.deploy import DeployNotConfirmed, DeployOptions, run_deploy
 from smart_retention.errors import UserError
 from smart_retention.storage import migrate
+from smart_retention.storage.adoption import check_stamp
+from smart_retention.storage.engine import display_url
 
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 
@@ -34,13 +39,41 @@ class RollbackNotConfirmed(UserError):
 
 
 @contextmanager
-def _database(db: str | None) -> Iterator[Engine]:
-    """The command's engine, closed at the end (the commands also run inside tests)."""
-    engine = _engine(db)
+def _database(db: str | None, *, must_exist: bool = False) -> Iterator[Engine]:
+    """The command's engine, closed at the end (the commands also run inside tests).
+    `must_exist`: a SQLite file that is not there is an error, not a new empty database."""
+    engine = _engine(db, must_exist=must_exist)
     try:
         yield engine
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile, so a stopped deploy says where it was."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ask(question: str) -> bool:
+    """A yes/no question on the terminal; Ctrl-C or end of input is a no."""
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except (typer.Abort, EOFError, KeyboardInterrupt):
+        err_console.print()
+        return False
 
 
 def _say(line: str) -> None:
@@ -58,8 +91,10 @@ def backup(
 
     A dump that fails or does not verify is deleted and reported with status 1; earlier
     backups are never replaced or deleted."""
-    with _user_errors(), _database(db) as engine:
-        taken = take_backup(engine, out)
+    with _user_errors():
+        check_backup_folder(out)
+        with _database(db, must_exist=True) as engine:
+            taken = take_backup(engine, out)
     _say(f"backup: {taken.describe()}")
 
 
@@ -70,7 +105,13 @@ def deploy(
         Path, typer.Option("--backup-dir", help="Folder for the backup taken first.")
     ] = DEFAULT_BACKUP_DIR,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Cleanup rows per batch (transaction).")
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=MAX_BATCH_SIZE,
+            help="Cleanup rows per batch (transaction).",
+        ),
     ] = DEFAULT_BATCH_SIZE,
     db: DbOption = None,
 ) -> None:
@@ -88,17 +129,15 @@ def deploy(
                 "the cleanup deletes rows; run with --yes (nothing was changed)"
             )
         else:
-
-            def confirm(question: str) -> bool:
-                return typer.confirm(question, default=False, err=True)
-
+            confirm = _ask
+        check_backup_folder(backup_dir)
         options = DeployOptions(
             backup_dir=backup_dir,
             batch_size=batch_size,
             broker_url=load_settings().broker_url,
             confirm=confirm,
         )
-        with _database(db) as engine:
+        with _sigterm_as_interrupt(), _database(db) as engine:
             report = run_deploy(engine, options, emit=_say)
     for line in report.summary_lines():
         _say(line)
@@ -118,13 +157,10 @@ def rollback(
     holds it.
     Changes made since the backup, by anyone, are lost. Without --yes it asks first, and
     refuses (status 2) when there is no terminal."""
-    with _user_errors(), _database(db) as engine:
-        if not backup_file.is_file():
-            raise UserError(f"backup file {backup_file} does not exist")
-        kind = backup_kind_of_file(backup_file)
-        if kind is None:
-            raise UserError(f"{backup_file} is neither a pg_dump archive nor a SQLite file")
-        where = engine.url.render_as_string(hide_password=True)
+    with _user_errors(), _database(db, must_exist=True) as engine:
+        for warning in check_backup(engine, backup_file):
+            err_console.print(f"warning: {warning}", markup=False, highlight=False)
+        where = display_url(engine.url)
         if not yes:
             if not sys.stdin.isatty():
                 raise RollbackNotConfirmed(
@@ -135,7 +171,7 @@ def rollback(
                 f"Replace every table of {where} with the backup {backup_file}? Changes made "
                 "since it was taken are lost."
             )
-            if not typer.confirm(question, default=False, err=True):
+            if not _ask(question):
                 err_console.print("rollback cancelled: nothing changed")
                 raise typer.Exit(1)
         restore_backup(engine, backup_file)
@@ -149,12 +185,22 @@ def rollback(
 @db_app.command("stamp")
 def db_stamp(
     revision: Annotated[str, typer.Argument(help="The revision the tables already are.")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Stamp even when the tables are not that revision's."),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Record REVISION as the schema's revision without running any migration.
 
     For a manual repair only (docs/deploy.md): the tables must already be exactly that
-    revision's, or later migrations will fail or do the wrong thing."""
-    with _database(db) as engine:
-        migrate.stamp(engine, revision)
-        _say(f"database stamped at revision {migrate.current_revision(engine) or 'base'}")
+    revision's, or later migrations will fail or do the wrong thing. It refuses when they
+    are not, naming what differs, unless --force."""
+    with _user_errors():
+        if not revision.strip():
+            raise UserError("db stamp needs a revision, e.g. 0001 (an empty one was given)")
+        with _database(db, must_exist=True) as engine:
+            if not force:
+                check_stamp(engine, revision)
+            migrate.stamp(engine, revision)
+            _say(f"database stamped at revision {migrate.current_revision(engine) or 'base'}")

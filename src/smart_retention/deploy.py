@@ -37,12 +37,19 @@ from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from smart_retention import analysis
-from smart_retention.backup import DEFAULT_BACKUP_DIR, Backup, human_size, take_backup
+from smart_retention.backup import (
+    DEFAULT_BACKUP_DIR,
+    Backup,
+    earlier_backups,
+    human_size,
+    take_backup,
+)
 from smart_retention.cleanup import DEFAULT_BATCH_SIZE, CleanupReport, run_cleanup
 from smart_retention.errors import UserError
 from smart_retention.observation import utc_now
 from smart_retention.storage import migrate
 from smart_retention.storage.adoption import MigrationResult, migrate_to_head, revision_layouts
+from smart_retention.storage.engine import display_url
 from smart_retention.storage.tables import post_metrics
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,24 @@ class DeployFailed(UserError):
         else:
             hint = f"To roll back: smart-retention rollback --backup {backup}"
         super().__init__(f"deploy {verb} at step {step}: {reason.rstrip('.')}. {hint}")
+
+
+class DeployInterrupted(UserError):
+    """Ctrl-C (or SIGTERM, which the command line turns into the same) during a step."""
+
+    exit_code = 130
+
+    def __init__(self, step: str, backup: Path | None):
+        self.step = step
+        self.backup = backup
+        if backup is None:
+            after = "nothing was changed (no backup was kept); run deploy again"
+        else:
+            after = (
+                "the database is consistent (each cleanup batch commits whole); run deploy "
+                f"again to finish, or roll back: smart-retention rollback --backup {backup}"
+            )
+        super().__init__(f"deploy interrupted at step {step}; {after}")
 
 
 class DeployNotConfirmed(UserError):
@@ -153,6 +178,14 @@ def run_deploy(engine: Engine, options: DeployOptions, emit: Emit) -> DeployRepo
             raise DeployFailed(
                 name, _not_confirmed(deploy.report), _backup_path(deploy), stopped=True
             ) from None
+        except KeyboardInterrupt:
+            log.info("deploy.interrupted step=%s", name)
+            if name == "confirm":
+                # Ctrl-C at the question is a no.
+                raise DeployFailed(
+                    name, _not_confirmed(deploy.report), _backup_path(deploy), stopped=True
+                ) from None
+            raise DeployInterrupted(name, _backup_path(deploy)) from None
         except Exception as error:
             reason = _reason(error)
             if isinstance(error, EXPECTED_FAILURES):
@@ -196,7 +229,18 @@ def _reason(error: Exception) -> str:
 
 def step_backup(deploy: _Deploy) -> str:
     deploy.report.backup = take_backup(deploy.engine, deploy.options.backup_dir)
-    return deploy.report.backup.describe()
+    line = deploy.report.backup.describe()
+    earlier = earlier_backups(deploy.report.backup.path)
+    if earlier:
+        # A deploy interrupted before backs up its half-cleaned state: this new backup is
+        # not the database as it was before the first attempt.
+        count = "1 earlier backup" if len(earlier) == 1 else f"{len(earlier)} earlier backups"
+        line += (
+            f"; {count} of this database in {earlier[0].parent} (oldest {earlier[0].name}): "
+            "to undo an interrupted deploy, roll back to the backup taken before its first "
+            "attempt, not this one"
+        )
+    return line
 
 
 def step_migrate(deploy: _Deploy) -> str:
@@ -233,7 +277,7 @@ def step_confirm(deploy: _Deploy) -> str:
         return "skipped (--yes)"
     dry_run, backup = deploy.report.dry_run, deploy.report.backup
     assert dry_run is not None and backup is not None
-    where = deploy.engine.url.render_as_string(hide_password=True)
+    where = display_url(deploy.engine.url)
     question = (
         f"Delete {dry_run.duplicates_found:,} duplicate rows of post_metrics in {where}? "
         f"(backup: {backup.path})"
@@ -253,7 +297,13 @@ def step_cleanup(deploy: _Deploy) -> str:
 
 
 def step_reload_workers(deploy: _Deploy) -> str:
-    return reload_workers(deploy.options.broker_url)
+    # Telling the workers is a courtesy: the database is already cleaned, so no failure
+    # here (a bad URL, an unknown transport, a broker that hangs up) may fail the deploy.
+    try:
+        return reload_workers(deploy.options.broker_url)
+    except Exception as error:
+        log.debug("deploy.reload_workers_failed", exc_info=True)
+        return f"skipped: {_broker_problem(error)}"
 
 
 def step_verify(deploy: _Deploy) -> str:
@@ -333,13 +383,15 @@ def reload_workers(
     """
     if not broker_url:
         return "skipped: no broker configured"
-    # Imported here: the embedded deployment has no need of Celery's start-up cost.
-    from celery import Celery
-    from kombu.exceptions import OperationalError as BrokerError
-
     shown = _hide_password(broker_url)
-    client = Celery("smart_retention_deploy", broker=broker_url, set_as_current=False)
     try:
+        # Imported here: the embedded deployment has no need of Celery's start-up cost.
+        from celery import Celery
+        from kombu.exceptions import OperationalError as BrokerError
+    except ImportError as error:
+        return f"skipped: Celery is not installed ({error})"
+    try:
+        client = Celery("smart_retention_deploy", broker=broker_url, set_as_current=False)
         with client.connection_for_write() as connection:
             connection.ensure_connection(
                 max_retries=1, interval_start=0, interval_step=0, timeout=broker_timeout
@@ -353,6 +405,9 @@ def reload_workers(
             )
     except (BrokerError, OSError) as error:
         return f"skipped: no broker reachable at {shown} ({error})"
+    except Exception as error:
+        # A URL kombu cannot use: an unknown transport, a port that is no number, ...
+        return f"skipped: broker URL {shown} is not usable ({_broker_problem(error)})"
     if not replies:
         return (
             f"no worker answered on {shown} within {reply_timeout:g} s; "
@@ -375,6 +430,12 @@ def reload_workers(
     if refused:
         line += f"; refused, restart by hand: {', '.join(sorted(refused))}"
     return line
+
+
+def _broker_problem(error: Exception) -> str:
+    # A KeyError's str() is its repr ('No such transport: x' in quotes): use its argument.
+    detail = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return f"{detail}" or type(error).__name__
 
 
 def _hide_password(url: str) -> str:

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, inspect
 
 from smart_retention.errors import UserError
 from smart_retention.storage import migrate
-from smart_retention.storage.engine import make_engine
+from smart_retention.storage.engine import display_url, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -106,31 +106,60 @@ def matching_revision(layout: Layout) -> str | None:
     return matches[-1] if matches else None
 
 
+def layout_differences(layout: Layout, expected: Layout) -> list[str]:
+    """What keeps `layout` from `expected`, a few words each; empty when they match."""
+    found = []
+    missing = sorted(set(expected) - set(layout))
+    if missing:
+        found.append(f"tables {', '.join(missing)} are missing")
+    extra = sorted(set(layout) - set(expected))
+    if extra:
+        found.append(f"tables {', '.join(extra)} are of another revision")
+    for name in sorted(set(expected) & set(layout)):
+        lacking = sorted(expected[name] - layout[name])
+        surplus = sorted(layout[name] - expected[name])
+        if lacking:
+            found.append(f"{name} lacks columns {', '.join(lacking)}")
+        if surplus:
+            found.append(f"{name} has columns {', '.join(surplus)} that it should not")
+    return found
+
+
 def describe_mismatch(layout: Layout) -> str:
     """What keeps `layout` from the revision it is nearest to, in a few words."""
-
-    def differences(expected: Layout) -> list[str]:
-        found = []
-        missing = sorted(set(expected) - set(layout))
-        if missing:
-            found.append(f"tables {', '.join(missing)} are missing")
-        extra = sorted(set(layout) - set(expected))
-        if extra:
-            found.append(f"tables {', '.join(extra)} are of another revision")
-        for name in sorted(set(expected) & set(layout)):
-            lacking = sorted(expected[name] - layout[name])
-            surplus = sorted(layout[name] - expected[name])
-            if lacking:
-                found.append(f"{name} lacks columns {', '.join(lacking)}")
-            if surplus:
-                found.append(f"{name} has columns {', '.join(surplus)} that it should not")
-        return found
-
     revision, nearest = min(
-        ((revision, differences(expected)) for revision, expected in revision_layouts()),
+        (
+            (revision, layout_differences(layout, expected))
+            for revision, expected in revision_layouts()
+        ),
         key=lambda pair: len(pair[1]),
     )
     return f"nearest is revision {revision}: {'; '.join(nearest)}"
+
+
+class StampMismatch(UserError):
+    """`db stamp REV` on a database whose tables are not REV's."""
+
+
+def check_stamp(engine: Engine, revision: str) -> None:
+    """Refuse to record `revision` for a database whose smart-retention tables and
+    columns are not exactly that revision's (`db stamp` without --force). An unknown
+    revision is left to Alembic, which names it; `base` (no record) needs no tables."""
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    resolved = script.get_revision(revision)
+    if resolved is None:
+        return
+    expected = dict(revision_layouts()).get(resolved.revision)
+    if expected is None:
+        return
+    differences = layout_differences(database_layout(engine), expected)
+    if differences:
+        raise StampMismatch(
+            f"refusing to stamp revision {resolved.revision}: the database's tables are not "
+            f"that revision's ({'; '.join(differences)}); nothing was changed. Stamp only "
+            "tables that already are that revision's (docs/deploy.md, db stamp), or "
+            "give --force"
+        )
 
 
 def migrate_to_head(engine: Engine) -> MigrationResult:
@@ -146,7 +175,7 @@ def migrate_to_head(engine: Engine) -> MigrationResult:
         return MigrationResult(None, migrate.current_revision(engine) or head)
     revision = matching_revision(layout)
     if revision is None:
-        where = engine.url.render_as_string(hide_password=True)
+        where = display_url(engine.url)
         raise SchemaNotAdoptable(
             f"database {where} has tables of smart-retention ({', '.join(sorted(layout))}) "
             f"but no migration record, and they match no revision ({describe_mismatch(layout)}); "

@@ -2,10 +2,13 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+
+from smart_retention.errors import UserError
 
 # How long a SQLite writer waits for another one before failing, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -13,9 +16,24 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_BEGIN_MODE = "smart_retention_sqlite_begin"
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+# What _in_utc adds to a PostgreSQL URL's options; display_url leaves it out again.
+UTC_OPTION = "-c TimeZone=UTC"
+
+
+class UnsupportedDatabase(UserError):
+    """A database URL of a backend other than SQLite and PostgreSQL."""
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`; a plain `postgresql://` URL is routed to psycopg 3."""
     parsed = make_url(url)
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS and parsed.drivername != "postgres":
+        raise UnsupportedDatabase(
+            f"database URL {display_url(parsed)}: {parsed.get_backend_name()} is not "
+            "supported; only sqlite and postgresql are (e.g. sqlite:///smart-retention.sqlite3 "
+            "or postgresql://user@host/dbname)"
+        )
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "postgresql":
@@ -25,6 +43,47 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def sqlite_file(url: URL | str) -> Path | None:
+    """The file a SQLite URL names; None for another database, memory or a file: URI."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_sqlite_file(url: URL | str, *, must_exist: bool) -> None:
+    """Refuse a SQLite URL naming a folder and, with `must_exist`, one naming no file:
+    connecting would create an empty database there (what a read, a stamp, a backup or a
+    restore must not do)."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"SQLite database {path} is a folder, not a database file")
+    if must_exist and not path.exists():
+        raise UserError(
+            f"SQLite database {path} does not exist (nothing was created); "
+            "check --db or SMART_RETENTION_DATABASE_URL"
+        )
+
+
+def display_url(url: URL | str) -> str:
+    """The URL as a person should see it: the password masked, and without the TimeZone
+    option make_engine adds for itself."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    options = parsed.query.get("options")
+    if isinstance(options, str) and UTC_OPTION in options:
+        rest = " ".join(options.replace(UTC_OPTION, " ").split())
+        query = {key: value for key, value in parsed.query.items() if key != "options"}
+        if rest:
+            query["options"] = rest
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=True)
 
 
 def _in_utc(url: URL) -> URL:
@@ -38,7 +97,7 @@ def _in_utc(url: URL) -> URL:
         options = " ".join(options)
     if "timezone" in options.lower():
         return url
-    return url.update_query_dict({"options": f"{options} -c TimeZone=UTC".strip()})
+    return url.update_query_dict({"options": f"{options} {UTC_OPTION}".strip()})
 
 
 @contextmanager

@@ -14,7 +14,8 @@ def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
-        # SQLite cannot ALTER most things in place; batch mode copies the table instead.
+        # For autogenerate only. A migration must not recreate a table on SQLite (batch
+        # mode): DROP TABLE with foreign keys on cascade-deletes the child rows (0002).
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

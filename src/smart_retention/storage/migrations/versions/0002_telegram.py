@@ -11,13 +11,20 @@ Create Date: 2026-12-10
   post gone, and since when; a post is no longer polled after enough of them.
 - `post_metrics_checks.deferred_until`: the post was due but its channel was deferred.
 
-SQLite cannot drop columns in place on older versions: batch mode copies the table.
+Every step alters the tables in place (ALTER TABLE ... ADD/DROP COLUMN), on SQLite too
+(DROP COLUMN needs SQLite 3.35 or later). Never batch mode: on SQLite it recreates the
+table (CREATE a copy, DROP TABLE, rename), and with foreign keys enforced, as every
+connection of make_engine enforces them, dropping `channels` cascades to every post,
+snapshot and check row; recreating `posts` or `post_metrics_checks` would also drop the
+totals triggers of 0003.
 """
 
+import sqlite3
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 from smart_retention.storage.types import Counter, UTCDateTime
 
@@ -27,23 +34,29 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# SQLite's ALTER TABLE ... DROP COLUMN arrived in 3.35.0.
+SQLITE_DROP_COLUMN = (3, 35, 0)
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("channels") as batch:
-        batch.add_column(sa.Column("access_hash", Counter))
-        batch.add_column(sa.Column("deferred_until", UTCDateTime))
-    with op.batch_alter_table("post_metrics_checks") as batch:
-        batch.add_column(
-            sa.Column("miss_count", sa.Integer, nullable=False, server_default=sa.text("0"))
-        )
-        batch.add_column(sa.Column("missing_since", UTCDateTime))
-        batch.add_column(sa.Column("deferred_until", UTCDateTime))
+    op.add_column("channels", sa.Column("access_hash", Counter))
+    op.add_column("channels", sa.Column("deferred_until", UTCDateTime))
+    op.add_column(
+        "post_metrics_checks",
+        sa.Column("miss_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    )
+    op.add_column("post_metrics_checks", sa.Column("missing_since", UTCDateTime))
+    op.add_column("post_metrics_checks", sa.Column("deferred_until", UTCDateTime))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("post_metrics_checks") as batch:
-        batch.drop_column("deferred_until")
-        batch.drop_column("missing_since")
-        batch.drop_column("miss_count")
-    with op.batch_alter_table("channels") as batch:
-        batch.drop_column("deferred_until")
-        batch.drop_column("access_hash")
+    if op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info < SQLITE_DROP_COLUMN:
+        raise CommandError(
+            f"downgrading below 0002 needs SQLite 3.35 or later to drop columns in place; "
+            f"this Python has SQLite {sqlite3.sqlite_version} (nothing was changed)"
+        )
+    op.drop_column("post_metrics_checks", "deferred_until")
+    op.drop_column("post_metrics_checks", "missing_since")
+    op.drop_column("post_metrics_checks", "miss_count")
+    op.drop_column("channels", "deferred_until")
+    op.drop_column("channels", "access_hash")
