@@ -19,7 +19,8 @@ and the database, not the synthetic model (whose own cost is printed on a line o
 posts with the live synthetic source: each database is primed in one child process and
 the cycle measured in another, so the peak is the cycle's own.
 
-Run: .venv/bin/python bench/collect.py [--url URL] [--posts N] [--profile] [--memory]
+Run: .venv/bin/python bench/collect.py [--url URL] [--posts N] [--profile] [--statements]
+     [--memory]
 """
 
 import argparse
@@ -31,13 +32,14 @@ import pstats
 import resource
 import sys
 import time
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, select, text
+from sqlalchemy import Engine, bindparam, event, select, text
 from sqlalchemy.engine import make_url
 
 from smart_retention.collector import DEFAULT_BATCH_SIZE, Collector
@@ -45,7 +47,7 @@ from smart_retention.observation import Observation, PostInfo, PostKey
 from smart_retention.schedule import DEFAULT_TIERS
 from smart_retention.sources import FetchResult
 from smart_retention.sources.synthetic import SYNTHETIC_START, SyntheticSource
-from smart_retention.storage import migrate
+from smart_retention.storage import migrate, repository
 from smart_retention.storage.engine import make_engine
 from smart_retention.storage.tables import post_metrics, posts
 
@@ -235,17 +237,24 @@ class CaseResult:
 
 
 def run_smart(
-    engine: Engine, observations: Sequence[Observation], batch_size: int, profile: bool
+    engine: Engine,
+    observations: Sequence[Observation],
+    batch_size: int,
+    profile: bool,
+    statements: bool = False,
 ) -> CaseResult:
     collector = Collector(engine, PrefetchedSource(observations), batch_size=batch_size)
     profiler = cProfile.Profile() if profile else None
-    with Stopwatch() as watch:
+    timer = StatementTimer(engine) if statements else nullcontext()
+    with timer, Stopwatch() as watch:
         if profiler is not None:
             stats = profiler.runcall(collector.run_cycle, MEASURE_AT)
         else:
             stats = collector.run_cycle(MEASURE_AT)
     if profiler is not None:
         print_profile(profiler)
+    if isinstance(timer, StatementTimer):
+        timer.print()
     rows, size = table_figures(engine, "post_metrics")
     _, checks_size = table_figures(engine, "post_metrics_checks")
     return CaseResult(
@@ -352,6 +361,53 @@ def run_per_post(
     )
 
 
+class StatementTimer:
+    """Wall-clock seconds per kind of statement of a cycle, client work included: from
+    SQLAlchemy's before_cursor_execute to after_cursor_execute, and each COPY the write
+    path sends on the driver's cursor (repository._copy_rows)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: Counter[str] = Counter()
+        self._copy_rows = repository._copy_rows
+
+    def __enter__(self) -> "StatementTimer":
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        real_copy_rows = self._copy_rows
+
+        def timed_copy_rows(connection: Any, target: str, table: Any, rows: Any) -> None:
+            started = time.perf_counter()
+            real_copy_rows(connection, target, table, rows)
+            self._add(f"COPY {target}", time.perf_counter() - started)
+
+        repository._copy_rows = timed_copy_rows  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        repository._copy_rows = self._copy_rows  # type: ignore[assignment]
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+    def _before(self, connection: Any, *_: Any) -> None:
+        connection.info["statement_started"] = time.perf_counter()
+
+    def _after(self, connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        kind = " ".join(statement.split())[:60]
+        self._add(kind, time.perf_counter() - connection.info.pop("statement_started"))
+
+    def _add(self, kind: str, seconds: float) -> None:
+        self.seconds[kind] += seconds
+        self.counts[kind] += 1
+
+    def print(self) -> None:
+        print("--- smart-retention cycle, seconds per kind of statement ---")
+        for kind, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]):
+            print(f"{seconds:8.3f} s {self.counts[kind]:6d} x  {kind}")
+        print(f"{sum(self.seconds.values()):8.3f} s in all statements")
+
+
 def print_profile(profiler: cProfile.Profile) -> None:
     for order in ("tottime", "cumulative"):
         out = io.StringIO()
@@ -391,7 +447,7 @@ def run_throughput(args: argparse.Namespace) -> None:
             analyze(engine)
 
         say("measuring smart-retention ...")
-        results = [run_smart(smart, observations, args.batch_size, args.profile)]
+        results = [run_smart(smart, observations, args.batch_size, args.profile, args.statements)]
         say("measuring naive ...")
         results.append(run_naive(naive, observations, args.batch_size))
         say("measuring COPY ...")
@@ -576,6 +632,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", action="store_true", help="run the smart-retention cycle under cProfile"
+    )
+    parser.add_argument(
+        "--statements", action="store_true", help="time each kind of statement of the cycle"
     )
     parser.add_argument("--memory", action="store_true", help="measure peak RSS instead")
     parser.add_argument(
