@@ -153,10 +153,11 @@ def claim_due_batch(
     """The next `limit` due posts after `after`, in key order, locked for this
     transaction, with their check rows and last stored snapshots.
 
-    Two statements, on purpose. The first locks the posts (PostgreSQL: FOR UPDATE SKIP
-    LOCKED, so posts another collector holds are skipped, not waited for); but it judges
-    due-ness from the check rows as they were when it started, and a collector that
-    committed a moment before the lock was taken is not visible to it. The second reads
+    Two statements, on purpose. The first locks the posts (PostgreSQL: FOR NO KEY UPDATE
+    SKIP LOCKED, so posts another collector holds are skipped, not waited for, while
+    writers that only reference a post, such as a snapshot insert, are not blocked); but
+    it judges due-ness from the check rows as they were when it started, and a collector
+    that committed a moment before the lock was taken is not visible to it. The second reads
     the check rows afresh, under the lock, and posts found checked meanwhile are let go.
     On SQLite the caller's IMMEDIATE transaction excludes every other writer anyway.
     """
@@ -254,7 +255,7 @@ def _claim_query(window_count: int, paged: bool) -> Select[Any]:
         .where(_due_condition(window_count), after_key(posts))
         .order_by(posts.c.channel_id, posts.c.msg_id)
         .limit(bindparam("limit", type_=Integer))
-        .with_for_update(of=posts, skip_locked=True)
+        .with_for_update(of=posts, skip_locked=True, key_share=True)
     )
 
 
