@@ -550,8 +550,8 @@ def totals_estimate(exact: bool) -> Estimate:
     return Estimate(
         EstimateMethod.KEPT_TOTALS,
         exact=True,
-        detail="the collection_totals row, kept equal to those sums by triggers on posts "
-        "and post_metrics_checks in every writer's transaction",
+        detail="the collection_totals row: post count and check, save and stable-post sums "
+        "kept by triggers on posts and post_metrics_checks in every writer's transaction",
     )
 
 
