@@ -348,8 +348,8 @@ def test_a_missing_or_unknown_source_setting_is_a_one_line_error_naming_it(
     missing = runner.invoke(cli.app, ["run", "--once", "--db", db], env={SOURCE_VARIABLE: None})
     assert missing.exit_code == 2
     assert missing.stderr.strip().splitlines() == [
-        "error: SMART_RETENTION_SOURCE is not set; set it to replay:FILE or synthetic "
-        "(see docs/operations.md)"
+        "error: SMART_RETENTION_SOURCE is not set; set it to telegram (live channels, see "
+        "README.md 'Collect from Telegram'), replay:FILE or synthetic (see docs/operations.md)"
     ]
     unknown = runner.invoke(
         cli.app, ["run", "--once", "--db", db], env={SOURCE_VARIABLE: "telegran"}

@@ -113,8 +113,27 @@ def test_a_telegram_command_without_credentials_is_one_line_naming_the_variable(
         (
             "SMART_RETENTION_TELEGRAM_API_HASH",
             "0f1e2d3c4b5a6978",
-            "error: SMART_RETENTION_TELEGRAM_API_HASH must be the 32 hexadecimal characters "
-            "my.telegram.org shows, got 16 characters",
+            "error: SMART_RETENTION_TELEGRAM_API_HASH must be 32 hexadecimal characters (the "
+            "api_hash my.telegram.org shows), got 16 characters",
+        ),
+        (
+            # Garbage of the wrong length is not called a placeholder.
+            "SMART_RETENTION_TELEGRAM_API_HASH",
+            "q" * 40,
+            "error: SMART_RETENTION_TELEGRAM_API_HASH must be 32 hexadecimal characters (the "
+            "api_hash my.telegram.org shows), got 40 characters",
+        ),
+        (
+            "SMART_RETENTION_TELEGRAM_API_HASH",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1fz",
+            "error: SMART_RETENTION_TELEGRAM_API_HASH must be 32 hexadecimal characters (the "
+            "api_hash my.telegram.org shows), got 32 characters that are not all hexadecimal",
+        ),
+        (
+            "SMART_RETENTION_TELEGRAM_API_HASH",
+            "a" * 32,
+            "error: SMART_RETENTION_TELEGRAM_API_HASH is a placeholder; give your "
+            "application's api_hash from my.telegram.org",
         ),
         (
             "SMART_RETENTION_TELEGRAM_SESSION",
@@ -197,7 +216,9 @@ def test_login_creates_the_session_file_readable_by_its_owner_only(
     monkeypatch.delenv("SMART_RETENTION_TELEGRAM_SESSION")
     seen: list[Any] = []
 
-    async def fake_login(credentials: Any, session: Any, phone: Any) -> tuple[str, None]:
+    async def fake_login(
+        credentials: Any, session: Any, phone: Any, timeout: float
+    ) -> tuple[str, None]:
         # Telethon would write the SQLite session here; the file must already be private.
         seen.append((session, phone, stat.S_IMODE(os.stat(session).st_mode)))
         return "@someone", None
@@ -301,6 +322,20 @@ def test_channels_remove_stops_tracking_and_keeps_the_data_unless_purged(
     assert error_lines(again) == [
         "error: no tracked channel matches @recsyschannel; see 'smart-retention channels list'"
     ]
+
+
+def test_channels_list_never_cuts_an_id_on_a_narrow_terminal(
+    account: Path, resolver: list[ChannelRef], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    invoke("channels", "add", "@recsyschannel")
+    for width in (40, 60, 80, 120):
+        monkeypatch.setattr(cli_telegram, "console", Console(width=width))
+        result = invoke("channels", "list")
+        assert result.exit_code == 0, result.stderr
+        for whole in (str(BARE), f"-100{BARE}", "RecSysChannel"):
+            assert whole in result.stdout, (width, result.stdout)
 
 
 def test_channels_list_needs_no_telegram_settings(no_account: Path) -> None:

@@ -4,15 +4,23 @@ discovery, misses, FloodWait deferrals, and what /metrics shows of them."""
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
+from telethon.errors import ChannelPrivateError
 
 from smart_retention.api.metrics import build_registry
 from smart_retention.collector import Collector
+from smart_retention.sources.telegram.client import TelegramUnreachable
 from smart_retention.sources.telegram.limits import FLOOD_WAIT_MARGIN_S
 from smart_retention.storage import migrate
-from smart_retention.storage.channels import StoredChannels, save_channel, tracked_channels
+from smart_retention.storage.channels import (
+    StoredChannels,
+    save_channel,
+    tracked_channels,
+    untrack_channel,
+)
 from smart_retention.storage.tables import channels, post_metrics, post_metrics_checks, posts
 from telegram_fakes import Clock, FakeTelegram, make_source, post
 
@@ -211,6 +219,83 @@ def test_a_flood_wait_in_the_middle_of_a_run_keeps_committed_batches_and_defers(
     assert (stats.checks, stats.deferred) == (250, 0)
     assert {row["deferred_until"] for row in check_rows(engine).values()} == {None}
     assert scrape(engine, after) == {("smart_retention_channels_deferred", ()): 0.0}
+
+
+def test_a_channel_the_account_cannot_read_for_a_while_loses_no_posts(engine: Engine) -> None:
+    """ChannelPrivateError on every run (more than max_misses of them) defers the
+    channel; its posts never get deleted_at, and are collected once access is back."""
+    track(engine)
+    telegram = FakeTelegram()
+    telegram.add(*(post(A, i, T0 - timedelta(minutes=5), views=10) for i in range(1, 4)))
+    cycle(engine, telegram, T0)
+    now = T0
+    for _ in range(5):
+        now += timedelta(hours=2)  # after each deferral ended
+        # Discovery's history request passes; the fetch is refused.
+        telegram.errors[len(telegram.calls) + 2] = ChannelPrivateError(request=None)
+        stats = cycle(engine, telegram, now)
+        assert (stats.checks, stats.missing, stats.deferred) == (0, 0, 3)
+    assert deleted_at(engine) == {1: None, 2: None, 3: None}
+    assert {row["miss_count"] for row in check_rows(engine).values()} == {0}
+    with engine.connect() as connection:
+        assert tracked_channels(connection)[0].deferred_until == now + timedelta(hours=1)
+    stats = cycle(engine, telegram, now + timedelta(hours=2))
+    assert (stats.checks, stats.missing) == (3, 0)
+
+
+def test_a_lost_connection_rolls_back_its_batch_and_keeps_the_committed_ones(
+    engine: Engine,
+) -> None:
+    track(engine)
+    telegram = FakeTelegram()
+    telegram.add(*(post(A, i, T0 - timedelta(minutes=5), views=i) for i in range(1, 251)))
+    # Discovery (backfill, three history pages), the first batch's fetch; the second fails.
+    telegram.errors[6] = ConnectionError("Cannot send requests while disconnected")
+    with pytest.raises(TelegramUnreachable, match="cannot reach Telegram"):
+        cycle(engine, telegram, T0)
+    rows = check_rows(engine)
+    assert sorted(rows) == list(range(1, 101))
+    # The next run goes on from there.
+    assert cycle(engine, telegram, T0 + timedelta(minutes=1)).checks == 150
+
+
+def test_re_adding_a_channel_polls_its_posts_that_misses_ended(engine: Engine) -> None:
+    track(engine)
+    telegram = FakeTelegram()
+    telegram.add(*(post(A, i, T0 - timedelta(minutes=5), views=10) for i in (1, 2)))
+    cycle(engine, telegram, T0)
+    telegram.omitted.add((A, 2))  # e.g. a restricted post, for a while
+    now = T0
+    for _ in range(3):
+        now += FRESH_INTERVAL
+        cycle(engine, telegram, now)
+    assert deleted_at(engine)[2] == now
+    telegram.omitted.clear()
+    track(engine)  # channels add, again
+    assert deleted_at(engine) == {1: None, 2: None}
+    assert check_rows(engine)[2]["miss_count"] == 0
+    stats = cycle(engine, telegram, now + FRESH_INTERVAL)
+    assert (stats.checks, stats.missing) == (2, 0)
+
+
+def test_a_removed_channel_is_not_polled_nor_rejected_and_its_data_stays(engine: Engine) -> None:
+    track(engine)
+    telegram = FakeTelegram()
+    telegram.add(*(post(A, i, T0 - timedelta(minutes=5), views=10) for i in (1, 2)))
+    cycle(engine, telegram, T0)
+    removed_at = T0 + timedelta(minutes=1)
+    with engine.begin() as connection:
+        untrack_channel(connection, A, removed_at)
+    calls_before = len(telegram.calls)
+    stats = cycle(engine, telegram, T0 + FRESH_INTERVAL)
+    assert (stats.checks, stats.rejected, stats.missing) == (0, 0, 0)
+    assert telegram.calls[calls_before:] == []
+    assert deleted_at(engine) == {1: removed_at, 2: removed_at}
+    assert snapshots(engine, 1) == [(10, 7)]
+    # Added again: polled again.
+    track(engine)
+    stats = cycle(engine, telegram, T0 + 2 * FRESH_INTERVAL)
+    assert (stats.checks, stats.rejected) == (2, 0)
 
 
 def test_migration_0002_downgrades_and_upgrades_with_data(bare_engine: Engine) -> None:

@@ -63,6 +63,14 @@ def test_a_positive_id_starting_with_100_is_refused_saying_how_to_write_it(
         ("https://t.me/s/recsyschannel", ChannelRef(username="recsyschannel")),
         ("https://t.me/recsyschannel/123", ChannelRef(username="recsyschannel")),
         ("https://t.me/c/1234567890/55", ChannelRef(channel_id=BARE)),
+        # Queries and fragments say nothing about the channel.
+        ("https://t.me/durov?start=1", ChannelRef(username="durov")),
+        ("t.me/durov#x", ChannelRef(username="durov")),
+        ("https://t.me/durov/123?single", ChannelRef(username="durov")),
+        ("https://t.me/c/1234567890/55?thread=3#top", ChannelRef(channel_id=BARE)),
+        # Collectible usernames have four characters.
+        ("@ab_c", ChannelRef(username="ab_c")),
+        ("https://t.me/news", ChannelRef(username="news")),
     ],
 )
 def test_usernames_and_links_are_understood(text: str, expected: ChannelRef) -> None:
@@ -75,6 +83,13 @@ def test_usernames_and_links_are_understood(text: str, expected: ChannelRef) -> 
         ("https://t.me/+AbCdEf123", "is an invite link"),
         ("https://t.me/joinchat/AbCdEf", "is an invite link"),
         ("@ab", "is neither a username"),
+        ("@abc", r"is neither a username \(4-32 letters"),
+        (
+            "https://t.me/c/1001234567890/5",
+            "1001234567890 is not a channel id; t.me/c/ links carry the bare id .*"
+            "if 1001234567890 is a peer id without its minus sign, add 1234567890",
+        ),
+        ("https://t.me/c/0/5", "0 is not a channel id"),
         ("", "no channel given"),
         ("-123", "is not a channel's peer id"),
         ("99999999999999", "is out of range"),

@@ -5,13 +5,23 @@ from typing import Any
 
 import pytest
 from telethon.errors import ChannelPrivateError
-from telethon.tl.types import InputPeerChannel, MessageEmpty, PeerChannel
+from telethon.tl.types import (
+    InputPeerChannel,
+    MessageEmpty,
+    MessageReactions,
+    PeerChannel,
+    ReactionCount,
+    ReactionCustomEmoji,
+    ReactionEmoji,
+    ReactionPaid,
+)
 
 from smart_retention.channels import TrackedChannel
 from smart_retention.observation import Counters, PostKey
 from smart_retention.sources.telegram.client import TelethonClient
 from smart_retention.sources.telegram.credentials import TelegramCredentials
 from smart_retention.sources.telegram.limits import FLOOD_WAIT_MARGIN_S, RequestPacer
+from smart_retention.sources.telegram.source import DEFAULT_CHANNEL_ERROR_DEFER
 from telegram_fakes import Clock, FakeTelegram, MemoryCatalog, make_source, post, service
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
@@ -128,6 +138,26 @@ def test_a_bad_counter_is_rejected_naming_post_and_field_and_the_batch_goes_on()
     assert [o.key.msg_id for o in result.observations] == [3]
 
 
+def test_paid_star_reactions_are_not_counted_as_reactions() -> None:
+    telegram, _, _, source = setup(A)
+    message = post(A, 1, POSTED)
+    message.reactions = MessageReactions(
+        results=[
+            ReactionCount(reaction=ReactionEmoji(emoticon="👍"), count=3),
+            ReactionCount(reaction=ReactionCustomEmoji(document_id=5), count=2),
+            ReactionCount(reaction=ReactionPaid(), count=2500),
+        ]
+    )
+    telegram.add(message)
+    only_paid = post(A, 2, POSTED)
+    only_paid.reactions = MessageReactions(
+        results=[ReactionCount(reaction=ReactionPaid(), count=40)]
+    )
+    telegram.add(only_paid)
+    result = source.fetch(keys(A, [1, 2]), NOW)
+    assert [o.counters.reactions for o in result.observations] == [5, 0]
+
+
 def test_a_post_of_an_untracked_channel_is_rejected_without_a_request() -> None:
     telegram, _, _, source = setup(A, posts_per_channel=1)
     result = source.fetch([PostKey(C, 1), PostKey(A, 1)], NOW)
@@ -139,12 +169,19 @@ def test_a_post_of_an_untracked_channel_is_rejected_without_a_request() -> None:
     assert len(result.observations) == 1
 
 
-def test_a_channel_the_account_can_no_longer_read_makes_its_posts_missing() -> None:
+def test_a_channel_the_account_can_no_longer_read_is_deferred_not_missing() -> None:
+    """Losing access is often temporary (a private channel, a ban lifted): its posts are
+    left waiting with the channel, never counted as misses, which end polling."""
     telegram, _, _, source = setup(A, B, posts_per_channel=2)
     telegram.errors[1] = ChannelPrivateError(request=None)
     result = source.fetch(keys(A, [1, 2]) + keys(B, [1, 2]), NOW)
-    assert result.missing == keys(A, [1, 2])
+    assert result.missing == []
+    assert result.deferred == {A: NOW + DEFAULT_CHANNEL_ERROR_DEFER}
     assert [o.key for o in result.observations] == keys(B, [1, 2])
+    # Later batches leave the channel alone until then, without a request.
+    again = source.fetch(keys(A, [1, 2]), NOW)
+    assert again.deferred == {A: NOW + DEFAULT_CHANNEL_ERROR_DEFER}
+    assert len(telegram.calls) == 2
 
 
 def test_requests_use_the_stored_access_hash_and_never_a_username() -> None:
@@ -312,6 +349,9 @@ class RecordingTelethon:
 
     async def disconnect(self) -> None:
         self.calls.append(("disconnect", {}))
+
+    def is_connected(self) -> bool:
+        return True
 
 
 def test_the_telethon_adapter_sends_one_request_per_call(tmp_path: Any) -> None:

@@ -8,7 +8,9 @@ goes through this module, so both forms of an id name the same channel.
 Telegram encodes a channel's peer id as -(10^12 + bare id); for today's ten-digit ids
 that reads as "-100" followed by the bare id. A positive number starting with 100 is
 therefore a trap: it may be a bare id that happens to start with 100, or a peer id
-whose minus sign was lost. Such input is refused with the two ways to write it.
+whose minus sign was lost. Such input is refused, saying how to write it: as a peer id
+(with the minus sign) and, when the number is small enough to be a bare id too, as the
+peer id of that bare id.
 """
 
 import re
@@ -21,10 +23,13 @@ from smart_retention.errors import UserError
 PEER_ID_OFFSET = 10**12
 MAX_BARE_CHANNEL_ID = PEER_ID_OFFSET - 1
 AMBIGUOUS_PREFIX = "100"
-# Telegram usernames: 5 to 32 letters, digits and underscores, starting with a letter.
-_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,30}[A-Za-z0-9]")
+# Telegram usernames: letters, digits and underscores, starting with a letter; 5 to 32
+# when chosen, 4 for collectible (auction) usernames.
+_USERNAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{2,30}[A-Za-z0-9]")
+# A link's query (?start=1, ?single) and fragment (#x) say nothing about the channel.
 _LINK = re.compile(
-    r"(?:https?://)?(?:www\.)?(?:t|telegram)\.(?:me|dog)/(?P<path>[^?#]*)", re.IGNORECASE
+    r"(?:https?://)?(?:www\.)?(?:t|telegram)\.(?:me|dog)/(?P<path>[^?#]*)(?:[?#].*)?",
+    re.IGNORECASE | re.DOTALL,
 )
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -134,8 +139,22 @@ def parse_channel_ref(text: str) -> ChannelRef:
     if _USERNAME.fullmatch(name):
         return ChannelRef(username=name.lower())
     raise ChannelIdError(
-        f"channel {raw!r} is neither a username (5-32 letters, digits, _), a t.me link nor an id"
+        f"channel {raw!r} is neither a username (4-32 letters, digits, _), a t.me link nor an id"
     )
+
+
+def _private_link_hint(raw: str, number: int) -> str:
+    """A t.me/c/ link whose id cannot be a bare id: most often the -100 peer id pasted
+    into the link (t.me/c/1001234567890/5)."""
+    message = (
+        f"link {raw!r}: {number} is not a channel id; t.me/c/ links carry the bare id "
+        f"(1 to {MAX_BARE_CHANNEL_ID}), the peer id without -100"
+    )
+    text = str(number)
+    if text.startswith(AMBIGUOUS_PREFIX) and number > PEER_ID_OFFSET:
+        bare = number - PEER_ID_OFFSET
+        message += f"; if {number} is a peer id without its minus sign, add {bare}"
+    return message
 
 
 def _parse_link(raw: str, path: str) -> ChannelRef:
@@ -150,7 +169,10 @@ def _parse_link(raw: str, path: str) -> ChannelRef:
         )
     if head.lower() == "c" and len(parts) >= 2 and parts[1].isdigit():
         # t.me/c/<bare id>/<message>: the link Telegram gives to posts of private channels.
-        return ChannelRef(channel_id=check_bare_channel_id(int(parts[1])))
+        number = int(parts[1])
+        if not 0 < number <= MAX_BARE_CHANNEL_ID:
+            raise ChannelIdError(_private_link_hint(raw, number))
+        return ChannelRef(channel_id=number)
     if head.lower() == "s" and len(parts) >= 2:
         head = parts[1]  # t.me/s/<username>: the public web preview
     if _USERNAME.fullmatch(head):

@@ -121,9 +121,9 @@ def _setup(
     # Third-party chatter stays at WARNING whatever our level is.
     for noisy in ("alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Telethon warns at every failed connection attempt; the command's one-line error
-    # says it once. -v shows them.
-    logging.getLogger("telethon").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # Telethon logs every failed connection attempt (some at ERROR); the command's
+    # one-line error says it once. -v shows them.
+    logging.getLogger("telethon").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _engine(db: str | None, *, must_exist: bool = False) -> Engine:

@@ -7,8 +7,10 @@ commands that need it, so the rest of the command line starts without it.
 """
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +25,22 @@ from smart_retention.channels import ChannelRef, parse_channel_ref, peer_channel
 from smart_retention.config import load_settings
 from smart_retention.errors import UserError
 from smart_retention.observation import utc_now
-from smart_retention.sources.telegram.client import ResolvedChannel, TelethonClient
+from smart_retention.sources.telegram.client import (
+    CONNECTION_ERRORS,
+    ResolvedChannel,
+    TelethonClient,
+    account_errors,
+    ignore_lost_connection_futures,
+    session_revoked,
+    unreachable,
+    with_timeout,
+)
 from smart_retention.sources.telegram.credentials import (
     DEFAULT_SESSION_FILE,
     SESSION_VARIABLE,
     TelegramCredentials,
     TelegramSettingError,
+    check_session,
     create_private_file,
     is_string_session,
     session_file_path,
@@ -114,9 +126,12 @@ def login(
     printed StringSession, reads Telegram as this account: keep it secret.
     """
     with _user_errors():
-        credentials = telegram_credentials(load_settings(), need_session=False)
+        settings = load_settings()
+        credentials = telegram_credentials(settings, need_session=False)
         target = None if string else _session_target(session, credentials)
-        who, string_session = _login(credentials, target, phone)
+        who, string_session = _login(
+            credentials, target, phone, settings.telegram_connect_timeout_s
+        )
     err_console.print(f"logged in as {who}", markup=False, highlight=False)
     if target is not None:
         err_console.print(
@@ -137,7 +152,14 @@ def login(
 def _session_target(given: Path | None, credentials: TelegramCredentials) -> Path:
     """The session file to write, absolute: the path printed must work from anywhere."""
     if given is not None:
-        return session_file_path(str(given)).absolute()
+        # An empty --session reaches here as "." (a Path of "" is the current folder).
+        text = str(given).strip()
+        if text in ("", ".") or given.is_dir():
+            raise TelegramSettingError(
+                f"--session {text!r} is a directory, not a file; give a file path such as "
+                f"{Path(text or '.') / DEFAULT_SESSION_FILE}"
+            )
+        return session_file_path(text).absolute()
     if credentials.session is not None and is_string_session(credentials.session):
         raise TelegramSettingError(
             f"{SESSION_VARIABLE} holds a StringSession; log in to a file with --session PATH "
@@ -147,39 +169,75 @@ def _session_target(given: Path | None, credentials: TelegramCredentials) -> Pat
 
 
 def _login(
-    credentials: TelegramCredentials, target: Path | None, phone: str | None
+    credentials: TelegramCredentials,
+    target: Path | None,
+    phone: str | None,
+    connect_timeout_s: float,
 ) -> tuple[str, str | None]:
-    """Log in interactively; the account's name and, without a file, the StringSession."""
+    """Log in interactively; the account's name and, without a file, the StringSession.
+
+    A session file this created is removed again when the login does not succeed: a
+    file that holds no logged-in account would only mislead the next command.
+    """
     from telethon.errors import RPCError
     from telethon.sessions import StringSession
 
     session: Any = StringSession() if target is None else str(target)
-    if target is not None:
-        create_private_file(target)
+    created = target is not None and not target.exists()
+    succeeded = False
     # Whatever else Telethon writes beside the session (a SQLite journal) stays private.
     previous_umask = os.umask(0o077)
     try:
-        return asyncio.run(_interactive_login(credentials, session, phone))
-    except RPCError as error:
-        raise TelegramRequestFailed(f"login failed: {error}") from None
-    except (ConnectionError, OSError) as error:
-        raise TelegramRequestFailed(f"cannot reach Telegram: {error}") from None
+        if target is not None:
+            try:
+                create_private_file(target)
+            except OSError as error:
+                raise TelegramSettingError(
+                    f"cannot create the session file {target}: {error.strerror or error}"
+                ) from None
+        try:
+            result = asyncio.run(_interactive_login(credentials, session, phone, connect_timeout_s))
+        except account_errors() as error:
+            raise session_revoked(error) from None
+        except RPCError as error:
+            raise TelegramRequestFailed(f"login failed: {error}") from None
+        except sqlite3.DatabaseError as error:
+            raise TelegramSettingError(
+                f"session file {target} cannot be used ({error}); give another --session"
+            ) from None
+        except CONNECTION_ERRORS as error:
+            raise unreachable(error, connect_timeout_s) from None
+        succeeded = True
+        return result
     finally:
         os.umask(previous_umask)
-        if target is not None and target.exists():
-            target.chmod(0o600)
+        if target is not None:
+            if created and not succeeded:
+                for leftover in (target, target.with_name(target.name + "-journal")):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+            elif target.exists():
+                target.chmod(0o600)
 
 
 async def _interactive_login(
-    credentials: TelegramCredentials, session: Any, phone: str | None
+    credentials: TelegramCredentials, session: Any, phone: str | None, connect_timeout_s: float
 ) -> tuple[str, str | None]:
     from telethon import TelegramClient
     from telethon.sessions import StringSession
 
+    ignore_lost_connection_futures(asyncio.get_running_loop())
     client = TelegramClient(
-        session, credentials.api_id, credentials.api_hash, receive_updates=False
+        session,
+        credentials.api_id,
+        credentials.api_hash,
+        receive_updates=False,
+        timeout=max(1, int(connect_timeout_s / 3)),
     )
     try:
+        # Connecting and the first request have a time limit; the prompts do not.
+        await with_timeout(client.connect(), connect_timeout_s)
+        await with_timeout(client.is_user_authorized(), connect_timeout_s)
         await client.start(
             phone=phone or (lambda: typer.prompt("Phone number (international, e.g. +4412345)")),
             code_callback=lambda: typer.prompt("Login code Telegram sent you"),
@@ -190,7 +248,9 @@ async def _interactive_login(
         string = StringSession.save(client.session) if isinstance(session, StringSession) else None
         return name, string
     finally:
-        await client.disconnect()
+        # Already failing or done: a failed disconnect adds nothing worth showing.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 5)
 
 
 # --- channels ------------------------------------------------------------------------
@@ -207,6 +267,8 @@ def add_channel(channel: ChannelArgument, db: DbOption = None) -> None:
     with _user_errors():
         ref = parse_channel_ref(channel)
         credentials = telegram_credentials(load_settings())
+        # The account before the database: a bad setting creates and migrates nothing.
+        check_session(credentials.session or "")
         engine = _engine(db)
         resolved = resolve_channel(credentials, ref)
         with engine.begin() as connection:
@@ -230,7 +292,13 @@ def resolve_channel(credentials: TelegramCredentials, ref: ChannelRef) -> Resolv
     """Resolve `ref` with one short connection to Telegram."""
     from telethon.errors import FloodError, RPCError
 
-    client = TelethonClient(credentials)
+    settings = load_settings()
+    client = TelethonClient(
+        credentials,
+        connect_timeout_s=settings.telegram_connect_timeout_s,
+        request_timeout_s=settings.telegram_request_timeout_s,
+        auto_reconnect=False,
+    )
 
     async def resolve() -> ResolvedChannel:
         try:
@@ -240,6 +308,8 @@ def resolve_channel(credentials: TelegramCredentials, ref: ChannelRef) -> Resolv
 
     try:
         return asyncio.run(resolve())
+    except account_errors() as error:
+        raise session_revoked(error) from None
     except FloodError as error:
         seconds = getattr(error, "seconds", None)
         raise TelegramRequestFailed(
@@ -248,8 +318,8 @@ def resolve_channel(credentials: TelegramCredentials, ref: ChannelRef) -> Resolv
         ) from None
     except RPCError as error:
         raise TelegramRequestFailed(f"channel {ref}: Telegram refused: {error}") from None
-    except (ConnectionError, OSError) as error:
-        raise TelegramRequestFailed(f"cannot reach Telegram: {error}") from None
+    except CONNECTION_ERRORS as error:
+        raise unreachable(error, settings.telegram_connect_timeout_s) from None
 
 
 @channels_app.command("list")
@@ -281,26 +351,48 @@ def list_tracked(
     if not rows:
         console.print("no tracked channels; add one with 'smart-retention channels add @name'")
         return
+    columns = (
+        "channel_id",
+        "peer_id",
+        "username",
+        "title",
+        "posts",
+        "last_msg_id",
+        "deferred_until",
+    )
+    cells = [["" if row[name] is None else str(row[name]) for name in columns] for row in rows]
     table = Table(title="tracked channels")
-    for name in ("channel_id", "peer_id", "username", "title", "posts", "last_msg_id"):
-        table.add_column(name, justify="right" if name in ("posts", "last_msg_id") else "left")
-    table.add_column("deferred_until")
-    for row in rows:
-        table.add_row(
-            *(
-                "" if row[name] is None else str(row[name])
-                for name in (
-                    "channel_id",
-                    "peer_id",
-                    "username",
-                    "title",
-                    "posts",
-                    "last_msg_id",
-                    "deferred_until",
-                )
-            )
+    for name in columns:
+        table.add_column(
+            name,
+            justify="right" if name in ("posts", "last_msg_id") else "left",
+            # Ids are copied from here: never wrapped; the other columns give way.
+            no_wrap=name in WHOLE_COLUMNS,
         )
-    console.print(table)
+    for values in cells:
+        table.add_row(*values)
+    with console.capture() as captured:
+        console.print(table)
+    rendered = captured.get()
+    whole = [
+        value
+        for values in cells
+        for name, value in zip(columns, values, strict=True)
+        if name in WHOLE_COLUMNS and value
+    ]
+    if all(value in rendered for value in whole):
+        console.print(table)
+        return
+    # Too narrow for the table without cutting an id: one "name: value" line each.
+    for number, values in enumerate(cells):
+        if number:
+            console.print("", markup=False)
+        for name, value in zip(columns, values, strict=True):
+            console.print(f"{name}: {value}", markup=False, highlight=False, soft_wrap=True)
+
+
+# The columns whose values are printed whole or the table is not used.
+WHOLE_COLUMNS = ("channel_id", "peer_id", "username", "last_msg_id")
 
 
 @channels_app.command("remove", context_settings=NEGATIVE_IDS)
@@ -312,7 +404,8 @@ def remove_channel(
     ] = False,
     db: DbOption = None,
 ) -> None:
-    """Stop collecting from a channel. What was collected stays unless --purge."""
+    """Stop collecting from a channel. What was collected stays unless --purge; its posts
+    are no longer polled (their deleted_at is set), and adding it again resumes them."""
     with _user_errors():
         ref = parse_channel_ref(channel)
         engine = _engine(db)
@@ -322,7 +415,7 @@ def remove_channel(
                 raise ChannelNotTracked(
                     f"no tracked channel matches {ref}; see 'smart-retention channels list'"
                 )
-            untrack_channel(connection, found.channel_id, purge=purge)
+            untrack_channel(connection, found.channel_id, utc_now(), purge=purge)
     what = "removed with everything collected" if purge else "no longer tracked (data kept)"
     console.print(
         f"channel {found.channel_id}{_named(found.username, found.title)}: {what}",

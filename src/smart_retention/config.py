@@ -107,6 +107,18 @@ class Settings(BaseSettings):
         le=365,
         description="How far back the first discovery of a newly added channel reads.",
     )
+    telegram_connect_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Connecting to Telegram (with the key exchange) gives up after this long.",
+    )
+    telegram_request_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=600,
+        description="A Telegram request with no answer after this long fails.",
+    )
 
     @field_validator("owner_tokens", "read_tokens", mode="before")
     @classmethod

@@ -43,6 +43,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task, chord
+from celery.signals import worker_process_shutdown, worker_shutdown
 from redis.exceptions import LockError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -174,6 +175,18 @@ def _engine() -> Engine:
 @cache
 def _source() -> Source:
     return build_source(settings.source)
+
+
+@worker_process_shutdown.connect  # a prefork pool's child process
+@worker_shutdown.connect  # the solo and thread pools run tasks in the worker itself
+def close_source(**_kwargs: Any) -> None:
+    """A worker process that built a live source closes it (its connection and event
+    loop) on the way out. A thread pool shares the one source: its Telegram requests
+    take turns (sources/telegram/source.py)."""
+    if _source.cache_info().currsize:
+        close = getattr(_source(), "close", None)
+        if close is not None:
+            close()
 
 
 @cache

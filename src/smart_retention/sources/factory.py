@@ -51,7 +51,8 @@ def build_source(
     """
     if spec is None or not spec.strip():
         raise SourceSettingError(
-            f"{setting} is not set; set it to replay:FILE or synthetic (see docs/operations.md)"
+            f"{setting} is not set; set it to telegram (live channels, see README.md "
+            "'Collect from Telegram'), replay:FILE or synthetic (see docs/operations.md)"
         )
     head, _, query = spec.strip().partition("?")
     kind, _, argument = head.partition(":")
@@ -161,7 +162,11 @@ def telegram_source(settings: Settings, engine: Engine) -> Source:
     from smart_retention.storage.channels import StoredChannels
 
     return TelegramSource(
-        TelethonClient(telegram_credentials(settings)),
+        TelethonClient(
+            telegram_credentials(settings),
+            connect_timeout_s=settings.telegram_connect_timeout_s,
+            request_timeout_s=settings.telegram_request_timeout_s,
+        ),
         StoredChannels(engine),
         max_misses=settings.telegram_max_misses,
         short_wait_s=settings.telegram_short_wait_s,

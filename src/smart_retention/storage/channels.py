@@ -4,6 +4,13 @@ A channel is *tracked* when it has an access hash: `smart-retention channels add
 resolved it once, so collection never looks its username up again. Channels that only
 replayed or synthetic data created have none and are not tracked. Ids are bare ids,
 checked at this boundary (`channels.check_bare_channel_id`).
+
+`posts.deleted_at` is when polling of a post ended: it was found gone `max_misses` times
+in a row (storage/outcomes.py), or its channel was removed (`untrack_channel`). Adding
+a channel (again) clears it on all of the channel's posts and resets their misses: they
+are polled again while their age is in a tier, and a post really gone is found gone
+again after `max_misses` checks. So a channel that was unreadable for a while, or
+removed and added back, is collected again as a whole.
 """
 
 from collections.abc import Mapping
@@ -15,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select, true
 
 from smart_retention.channels import ChannelRef, TrackedChannel, check_bare_channel_id
 from smart_retention.storage.repository import delete_channels, dialect_insert
-from smart_retention.storage.tables import channels, posts
+from smart_retention.storage.tables import channels, post_metrics_checks, posts
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,26 @@ def save_channel(
             index_elements=[channels.c.channel_id],
             set_={name: statement.excluded[name] for name in ("username", "title", "access_hash")},
         )
+    )
+    _resume_posts(connection, values["channel_id"])
+
+
+def _resume_posts(connection: Connection, channel_id: int) -> None:
+    """Poll the channel's posts again: clear `deleted_at` (set by misses or by removal)
+    and the misses that led to it."""
+    checks = post_metrics_checks
+    ended_ids = select(posts.c.msg_id).where(
+        posts.c.channel_id == channel_id, posts.c.deleted_at.is_not(None)
+    )
+    connection.execute(
+        checks.update()
+        .where(checks.c.channel_id == channel_id, checks.c.msg_id.in_(ended_ids))
+        .values(miss_count=0, missing_since=None)
+    )
+    connection.execute(
+        posts.update()
+        .where(posts.c.channel_id == channel_id, posts.c.deleted_at.is_not(None))
+        .values(deleted_at=None)
     )
 
 
@@ -122,8 +149,12 @@ def tracked_channels_where(connection: Connection, condition: Any) -> list[Track
     return [TrackedChannel(*row) for row in connection.execute(query)]
 
 
-def untrack_channel(connection: Connection, channel_id: int, *, purge: bool = False) -> None:
-    """Stop collecting from a channel. Its posts and snapshots stay unless `purge`."""
+def untrack_channel(
+    connection: Connection, channel_id: int, now: datetime, *, purge: bool = False
+) -> None:
+    """Stop collecting from a channel. Its posts and snapshots stay unless `purge`; its
+    posts still polled get `deleted_at` = `now`, so no run asks for them (adding the
+    channel again clears it)."""
     if purge:
         delete_channels(connection, [channel_id])
         return
@@ -131,6 +162,11 @@ def untrack_channel(connection: Connection, channel_id: int, *, purge: bool = Fa
         channels.update()
         .where(channels.c.channel_id == channel_id)
         .values(access_hash=None, deferred_until=None)
+    )
+    connection.execute(
+        posts.update()
+        .where(posts.c.channel_id == channel_id, posts.c.deleted_at.is_(None))
+        .values(deleted_at=now)
     )
 
 

@@ -3,10 +3,12 @@
 Both are written in the batch's transaction, beside the observed checks, and neither
 stores a snapshot nor counts as a check (`check_count` counts observations).
 
-- A *miss* (the source asked for the post and got nothing back: deleted or no longer
-  accessible) sets `last_checked_at`, so the post is asked for again at its tier's pace,
+- A *miss* (the source asked for the post and got nothing back: deleted, or the post
+  alone no longer accessible; a whole channel the account cannot read is a deferral,
+  not misses) sets `last_checked_at`, so the post is asked for again at its tier's pace,
   and adds one to `miss_count`. At `max_misses` in a row the post gets `deleted_at` and
-  is no longer polled; its snapshots and check row stay. An observation resets the count.
+  is no longer polled; its snapshots and check row stay. An observation resets the count,
+  and so does adding the channel again (`storage/channels.py`), which clears `deleted_at`.
 - A *deferral* (a rate limit keeps the source away from the channel) marks the post's
   check row with `deferred_until` and leaves it due, so it is checked once the wait ends.
 """

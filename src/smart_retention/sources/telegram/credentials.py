@@ -9,8 +9,11 @@ in one environment variable) or the path of a session file that `smart-retention
 telegram login` wrote. Both are secrets: whoever holds one reads as the account.
 """
 
+import binascii
 import os
 import re
+import sqlite3
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,10 @@ PLACEHOLDER_API_HASHES = frozenset(
 # A StringSession is "1" (its version) and URL-safe base64 of the server address and the
 # 256-byte auth key: well over a hundred characters, and never a plausible path.
 _STRING_SESSION = re.compile(r"1[A-Za-z0-9_\-]{100,}={0,2}")
+_TRUNCATED_STRING_SESSION = re.compile(r"1[A-Za-z0-9_\-]+={0,2}")
+# What is left of a StringSession cut short: "1" and base64, at least this long (shorter,
+# and it is taken as a file name).
+_TRUNCATED_STRING_SESSION_LENGTH = 24
 SETUP_HINT = "see README.md, 'Collect from Telegram'"
 
 
@@ -99,19 +106,22 @@ def _api_hash(raw: str | None) -> str:
             f"https://my.telegram.org/apps ({SETUP_HINT})"
         )
     lowered = text.lower()
-    if (
-        lowered in PLACEHOLDER_API_HASHES
-        or any(marker in lowered for marker in PLACEHOLDER_MARKERS)
-        or len(set(lowered)) < 4
-    ):
+    if lowered in PLACEHOLDER_API_HASHES or any(m in lowered for m in PLACEHOLDER_MARKERS):
         raise TelegramSettingError(
             f"{API_HASH_VARIABLE} is a placeholder; give your application's api_hash "
             "from my.telegram.org"
         )
     if not _API_HASH.fullmatch(lowered):
         raise TelegramSettingError(
-            f"{API_HASH_VARIABLE} must be the 32 hexadecimal characters my.telegram.org "
-            f"shows, got {len(text)} characters"
+            f"{API_HASH_VARIABLE} must be 32 hexadecimal characters (the api_hash "
+            f"my.telegram.org shows), got {len(text)} characters"
+            + ("" if len(text) != 32 else " that are not all hexadecimal")
+        )
+    if len(set(lowered)) < 4:
+        # 32 hex digits, but "aaaa..." or "0000...": nobody's real hash.
+        raise TelegramSettingError(
+            f"{API_HASH_VARIABLE} is a placeholder; give your application's api_hash "
+            "from my.telegram.org"
         )
     return lowered
 
@@ -128,24 +138,97 @@ def session_file_path(value: str) -> Path:
     return path.with_name(path.name + SESSION_SUFFIX)
 
 
+def check_session(value: str) -> None:
+    """Refuse a session setting Telethon could not use, in one line naming the variable,
+    without changing anything: `open_session` without opening."""
+    if _looks_like_string_session(value):
+        _string_session(value)
+    else:
+        _session_file(value)
+
+
 def open_session(value: str) -> Any:
     """The Telethon session `value` names: a StringSession, or an existing session file."""
-    from telethon.sessions import SQLiteSession, StringSession
+    from telethon.sessions import SQLiteSession
 
-    if is_string_session(value):
-        try:
-            return StringSession(value.strip())
-        except ValueError as error:
-            raise TelegramSettingError(
-                f"{SESSION_VARIABLE} looks like a StringSession but cannot be decoded ({error})"
-            ) from None
+    if _looks_like_string_session(value):
+        return _string_session(value)
+    path = _session_file(value)
+    try:
+        return SQLiteSession(str(path))
+    except sqlite3.DatabaseError as error:
+        raise _unusable_file(path, error) from None
+
+
+def _looks_like_string_session(value: str) -> bool:
+    """A StringSession, or what is left of one cut short (no path separator, no dot,
+    long and base64 only): such a value is never meant as a file name."""
+    text = value.strip()
+    return is_string_session(text) or (
+        len(text) >= _TRUNCATED_STRING_SESSION_LENGTH
+        and _TRUNCATED_STRING_SESSION.fullmatch(text) is not None
+        and not session_file_path(text).exists()
+    )
+
+
+def _string_session(value: str) -> Any:
+    from telethon.sessions import StringSession
+
+    try:
+        return StringSession(value.strip())
+    except (ValueError, struct.error, binascii.Error) as error:
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE} looks like a StringSession but cannot be decoded ({error}); "
+            "it is probably cut short: copy the whole value 'telegram login --string' printed"
+        ) from None
+
+
+def _session_file(value: str) -> Path:
+    """The session file `value` names, checked to be an existing, readable Telethon
+    session (SQLite with Telethon's tables), opened read-only: nothing is written."""
     path = session_file_path(value)
+    if path.is_dir() or Path(value.strip()).expanduser().is_dir():
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE}: {path if path.is_dir() else value.strip()} is a directory, "
+            "not a session file; give the file 'smart-retention telegram login' wrote"
+        )
     if not path.is_file():
         raise TelegramSettingError(
             f"{SESSION_VARIABLE}: session file {path} does not exist; run "
             "'smart-retention telegram login' first"
         )
-    return SQLiteSession(str(path))
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE}: session file {path} cannot be read and written by this "
+            "user; check its owner and mode (600)"
+        )
+    if path.stat().st_size == 0:
+        return path  # created by login before Telethon wrote to it: not logged in yet
+    try:
+        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in connection.execute("select name from sqlite_master")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise _unusable_file(path, error) from None
+    if not {"version", "sessions"} <= tables:
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE}: {path} is an SQLite database but not a Telethon session; "
+            "give the file 'smart-retention telegram login' wrote"
+        )
+    return path
+
+
+def _unusable_file(path: Path, error: sqlite3.DatabaseError) -> TelegramSettingError:
+    if isinstance(error, sqlite3.OperationalError):
+        return TelegramSettingError(
+            f"{SESSION_VARIABLE}: session file {path} cannot be opened ({error})"
+        )
+    return TelegramSettingError(
+        f"{SESSION_VARIABLE}: {path} is not a session file ({error}); give the file "
+        "'smart-retention telegram login' wrote"
+    )
 
 
 def create_private_file(path: Path) -> None:

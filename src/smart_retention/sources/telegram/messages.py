@@ -5,8 +5,10 @@ Which counter comes from where, and what "unknown" means:
 - views, forwards: the message's own fields; absent (None) is unknown.
 - replies: the replies header (`MessageReplies.replies`); no header is unknown
   (the channel has no comments).
-- reactions: the sum of the counts in `MessageReactions.results`; no reactions object
-  is unknown, an object with no results is 0.
+- reactions: the sum of the emoji and custom-emoji counts in `MessageReactions.results`;
+  paid "star" reactions (`ReactionPaid`, a count of stars bought, often thousands) are
+  not reactions of readers and are left out. No reactions object is unknown, an object
+  with no (emoji) results is 0.
 
 A value that is not a non-negative whole number is passed on as it is, so
 `build_observation` rejects it naming the post and the field.
@@ -14,7 +16,18 @@ A value that is not a non-negative whole number is passed on as it is, so
 
 from typing import Any
 
-from telethon.tl.types import Message, MessageReactions, MessageReplies, PeerChannel
+from telethon.tl.types import (
+    Message,
+    MessageReactions,
+    MessageReplies,
+    PeerChannel,
+    ReactionCustomEmoji,
+    ReactionEmoji,
+)
+
+# The reactions counted: what readers tap. Not ReactionPaid (stars), nor whatever new
+# kind Telegram adds, until someone decides it counts.
+COUNTED_REACTIONS = (ReactionEmoji, ReactionCustomEmoji)
 
 
 def is_post(message: Any) -> bool:
@@ -51,6 +64,8 @@ def _reactions(reactions: Any) -> object:
         return reactions
     total = 0
     for result in reactions.results or ():
+        if not isinstance(getattr(result, "reaction", None), COUNTED_REACTIONS):
+            continue
         count = getattr(result, "count", None)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             # One bad count makes the sum meaningless: reject it, not a wrong total.

@@ -14,12 +14,29 @@ say whether a wait on reading one channel binds the whole account; the source as
 the channel, and takes the account as deferred once a second channel is told to wait
 while the first still waits, or when a request tied to no channel is.
 
+What fails, and what it stops:
+
+- one channel (Telegram refuses a request about it: ChannelInvalidError, e.g. an access
+  hash another account resolved; ChannelPrivateError or ChannelBannedError, the account
+  lost access; a FloodError that names no wait; any other RPCError): that channel is
+  deferred for `channel_error_defer` (1 h), like a long FloodWait, with a WARNING naming
+  the channel and the error, and the run goes on with the others. Its posts are never
+  counted as missing for it: losing access is often temporary, and misses end polling.
+- the session (UnauthorizedError such as AuthKeyUnregisteredError, SessionRevokedError,
+  UserDeactivatedError; AuthKeyDuplicatedError): `TelegramSessionRevoked`, one line
+  saying to log in again; the run stops.
+- the connection (refused, dropped, no answer in time): `TelegramUnreachable`, one line;
+  the batch being fetched rolls back, batches committed before stay.
+
 The source is synchronous, as the collector is; Telethon is asyncio, so each source
-runs its own event loop and drives one coroutine per request to completion.
+runs its own event loop and drives one coroutine per request to completion. One loop
+serves one request at a time: threads sharing a source (a thread-pool worker) take
+turns, so their Telegram requests are serialised (they are paced per account anyway).
 """
 
 import asyncio
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,7 +44,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from telethon.errors import ChannelBannedError, ChannelPrivateError, FloodError
+from telethon.errors import FloodError, RPCError
 from telethon.tl.types import InputPeerChannel, MessageEmpty
 
 from smart_retention.channels import TrackedChannel
@@ -41,7 +58,14 @@ from smart_retention.observation import (
     utc_now,
 )
 from smart_retention.sources import DEFAULT_MAX_MISSES, FetchResult
-from smart_retention.sources.telegram.client import MAX_IDS_PER_REQUEST, TelegramClient
+from smart_retention.sources.telegram.client import (
+    CONNECTION_ERRORS,
+    MAX_IDS_PER_REQUEST,
+    TelegramClient,
+    account_errors,
+    session_revoked,
+    unreachable,
+)
 from smart_retention.sources.telegram.limits import (
     FLOOD_WAIT_MARGIN_S,
     SHORT_WAITS_PER_REQUEST,
@@ -56,8 +80,12 @@ T = TypeVar("T")
 DEFAULT_SHORT_WAIT_S = 30.0
 DEFAULT_REQUESTS_PER_SECOND = 1.0
 DEFAULT_BACKFILL = timedelta(days=7)
-# Errors that mean the account can no longer read the channel: its posts are missing.
-UNREADABLE_CHANNEL_ERRORS = (ChannelPrivateError, ChannelBannedError)
+# A channel Telegram refuses a request about is left alone this long.
+DEFAULT_CHANNEL_ERROR_DEFER = timedelta(hours=1)
+NO_CHANNELS_HINT = (
+    "no tracked Telegram channels: nothing to collect; add one with "
+    "'smart-retention channels add @name'"
+)
 
 
 class ChannelCatalog(Protocol):
@@ -66,6 +94,15 @@ class ChannelCatalog(Protocol):
     def tracked(self) -> Sequence[TrackedChannel]: ...
 
     def defer(self, deferrals: Mapping[int, datetime]) -> None: ...
+
+
+class _ChannelFailed(Exception):
+    """Telegram refused a request about one channel: leave the channel until then."""
+
+    def __init__(self, until: datetime, error: RPCError) -> None:
+        super().__init__(until, error)
+        self.until = until
+        self.error = error
 
 
 class _Deferred(Exception):
@@ -87,6 +124,7 @@ class TelegramSource:
         short_wait_s: float = DEFAULT_SHORT_WAIT_S,
         pacer: RequestPacer | None = None,
         backfill: timedelta = DEFAULT_BACKFILL,
+        channel_error_defer: timedelta = DEFAULT_CHANNEL_ERROR_DEFER,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -98,9 +136,12 @@ class TelegramSource:
         self.short_wait_s = short_wait_s
         self.pacer = pacer or RequestPacer(DEFAULT_REQUESTS_PER_SECOND, sleep=sleep)
         self.backfill = backfill
+        self.channel_error_defer = channel_error_defer
         self._clock = clock
         self._sleep = sleep
         self._loop = asyncio.new_event_loop()
+        # The loop runs one request at a time: threads sharing the source take turns.
+        self._lock = threading.RLock()
         # A source dropped without close() (a worker's, at exit) still frees its loop.
         self._close_loop = weakref.finalize(self, self._loop.close)
         # Requests sent so far (tests and the log lines read it).
@@ -108,6 +149,9 @@ class TelegramSource:
         # What this process was told to wait for; storage has it too, for other processes.
         self._channel_until: dict[int, datetime] = {}
         self._account_until: datetime | None = None
+        # Channels Telegram refused a request about (not FloodWaits: they never make the
+        # account wait).
+        self._failed_until: dict[int, datetime] = {}
 
     # --- the Source interface ---------------------------------------------------------
 
@@ -115,6 +159,8 @@ class TelegramSource:
         """New posts of every tracked channel that is not deferred, channel by channel."""
         requests_before, found, skipped = self.requests, 0, 0
         tracked = list(self.catalog.tracked())
+        if not tracked:
+            log.info("telegram.no_channels %s", NO_CHANNELS_HINT)
         for channel in tracked:
             if self._deferred_until(channel) is not None:
                 skipped += 1
@@ -126,12 +172,9 @@ class TelegramSource:
             except _Deferred as deferral:
                 skipped += 1
                 self.catalog.defer(self._deferrals(deferral, channel.channel_id, tracked))
-            except UNREADABLE_CHANNEL_ERRORS as error:
-                log.warning(
-                    "telegram.channel_unreadable channel=%d error=%s",
-                    channel.channel_id,
-                    type(error).__name__,
-                )
+            except _ChannelFailed as failure:
+                skipped += 1
+                self.catalog.defer({channel.channel_id: failure.until})
         log.debug(
             "telegram.discover channels=%d new_posts=%d requests=%d deferred=%d",
             len(tracked),
@@ -161,6 +204,9 @@ class TelegramSource:
                 self._fetch_channel(channel, msg_ids, now, result)
             except _Deferred as deferral:
                 result.deferred.update(self._deferrals(deferral, channel_id, tracked.values()))
+            except _ChannelFailed as failure:
+                # The posts not fetched yet wait with their channel; none is a miss.
+                result.deferred[channel_id] = failure.until
         log.debug(
             "telegram.fetch posts=%d requests=%d observed=%d missing=%d rejected=%d "
             "deferred_channels=%d",
@@ -175,14 +221,31 @@ class TelegramSource:
 
     def close(self) -> None:
         """Disconnect and close the event loop; the source is unusable afterwards."""
-        if self._loop.is_closed():
-            return
-        disconnect = getattr(self.client, "disconnect", None)
-        try:
-            if disconnect is not None:
-                self._loop.run_until_complete(disconnect())
-        finally:
-            self._close_loop()
+        with self._lock:
+            if self._loop.is_closed():
+                return
+            disconnect = getattr(self.client, "disconnect", None)
+            try:
+                if disconnect is not None:
+                    self._loop.run_until_complete(disconnect())
+            except Exception as error:  # closing: log it, never fail the caller
+                log.warning("telegram.close_failed error=%r", error)
+            finally:
+                self._cancel_leftover_tasks()
+                self._close_loop()
+
+    def _cancel_leftover_tasks(self) -> None:
+        """Telethon leaves tasks behind when a connection keeps failing (one per
+        reconnection); cancelled here, asyncio does not report them as destroyed."""
+        leftover = asyncio.all_tasks(self._loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            self._loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+
+    def has_channels(self) -> bool:
+        """Whether any channel is tracked (`run` says how to add one when none is)."""
+        return bool(self.catalog.tracked())
 
     # --- discovery and fetching -------------------------------------------------------
 
@@ -222,34 +285,31 @@ class TelegramSource:
         peer = InputPeerChannel(channel_id, channel.access_hash)
         for start in range(0, len(msg_ids), MAX_IDS_PER_REQUEST):
             chunk = list(msg_ids[start : start + MAX_IDS_PER_REQUEST])
-            try:
-                messages = self._request(channel_id, partial(self.client.get_messages, peer, chunk))
-            except UNREADABLE_CHANNEL_ERRORS as error:
-                # Left, banned or made private: every post of it is gone for this account.
-                log.warning(
-                    "telegram.channel_unreadable channel=%d error=%s",
-                    channel_id,
-                    type(error).__name__,
-                )
-                result.missing.extend(PostKey(channel_id, m) for m in msg_ids[start:])
-                return
+            messages = self._request(channel_id, partial(self.client.get_messages, peer, chunk))
             _read_chunk(channel_id, chunk, messages, now, result)
 
     # --- requests, pacing and FloodWaits ----------------------------------------------
 
     def _request(self, channel_id: int | None, call: Callable[[], Awaitable[T]]) -> T:
         """One paced request. A short FloodWait is slept through and the request sent
-        again (at most SHORT_WAITS_PER_REQUEST times); a longer one raises _Deferred."""
+        again (at most SHORT_WAITS_PER_REQUEST times); a longer one raises _Deferred.
+        Any other refusal about a channel raises _ChannelFailed; a finished session
+        TelegramSessionRevoked; a lost connection TelegramUnreachable."""
         attempt = 0
         while True:
-            self.pacer.wait()
-            self.requests += 1
             try:
-                return self._loop.run_until_complete(call())  # type: ignore[arg-type]
+                with self._lock:
+                    self.pacer.wait()
+                    self.requests += 1
+                    return self._loop.run_until_complete(call())  # type: ignore[arg-type]
+            except account_errors() as error:
+                raise session_revoked(error) from None
+            except CONNECTION_ERRORS as error:
+                raise unreachable(error) from None
             except FloodError as error:
                 seconds = flood_wait_seconds(error)
                 if seconds is None:
-                    raise
+                    raise self._channel_failed(channel_id, error) from error
                 wait = seconds + FLOOD_WAIT_MARGIN_S
                 if seconds <= self.short_wait_s and attempt < SHORT_WAITS_PER_REQUEST:
                     attempt += 1
@@ -257,6 +317,21 @@ class TelegramSource:
                     self._sleep(wait)
                     continue
                 raise self._defer(channel_id, wait) from error
+            except RPCError as error:
+                raise self._channel_failed(channel_id, error) from error
+
+    def _channel_failed(self, channel_id: int | None, error: RPCError) -> _ChannelFailed:
+        until = self._clock() + self.channel_error_defer
+        if channel_id is not None:
+            self._failed_until[channel_id] = until
+        log.warning(
+            "telegram.channel_skipped channel=%s error=%s until=%s detail=%r",
+            channel_id,
+            type(error).__name__,
+            until.isoformat(),
+            str(error),
+        )
+        return _ChannelFailed(until, error)
 
     def _defer(self, channel_id: int | None, seconds: int) -> _Deferred:
         now = self._clock()
@@ -284,6 +359,7 @@ class TelegramSource:
         moments = (
             self._account_until,
             self._channel_until.get(channel.channel_id),
+            self._failed_until.get(channel.channel_id),
             channel.deferred_until,
         )
         waiting = [moment for moment in moments if moment is not None and moment > now]
