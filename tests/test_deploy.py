@@ -498,8 +498,17 @@ def _start_deploy(url: str, backup_dir: Path, *extra: str, **popen: object) -> s
         [str(CLI), "deploy", "--backup-dir", str(backup_dir), *extra, "--db", url],
         env={**os.environ, "SMART_RETENTION_BROKER_URL": NO_BROKER, "PYTHONUNBUFFERED": "1"},
         text=True,
+        # A suite started in the background (nohup, `cmd &`) passes SIGINT on as ignored,
+        # and Python then installs no Ctrl-C handler: give the deploy a terminal's default.
+        preexec_fn=_default_sigint,
         **popen,  # type: ignore[arg-type]
     )
+
+
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read_until(stream, marker: str, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
