@@ -522,6 +522,53 @@ def test_a_cleanup_cli_started_while_the_lock_is_held_exits_with_status_3(
     assert stored(engine) == {1: [Z] * 3}
 
 
+def test_a_symlink_to_a_sqlite_database_meets_the_same_lock(tmp_path: Path) -> None:
+    """Two names of one file are one database: the second cleanup must wait its turn."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'real.sqlite3'}")
+    try:
+        migrate.upgrade(engine)
+        store(engine, {1: [Z] * 3})
+        (tmp_path / "link.sqlite3").symlink_to(tmp_path / "real.sqlite3")
+        linked = make_engine(f"sqlite:///{tmp_path / 'link.sqlite3'}")
+        try:
+            with cleanup_lock(engine), pytest.raises(CleanupAlreadyRunning):
+                run_cleanup(linked)
+        finally:
+            linked.dispose()
+        assert stored(engine) == {1: [Z] * 3}
+    finally:
+        engine.dispose()
+
+
+def test_ctrl_c_during_a_cleanup_says_what_stays_and_how_to_finish(
+    engine: Engine, database_url: str
+) -> None:
+    store(engine, {msg_id: [Z] * 40 for msg_id in range(1, 200)})
+    process = subprocess.Popen(
+        [CLI, "cleanup", "--yes", "--batch-size", "1", "--db", database_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A suite run in the background passes SIGINT on as ignored; a terminal would not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # Interrupt once the cleanup has committed some batches, not while it starts up.
+    deadline = time.monotonic() + 60
+    while sum(map(len, stored(engine).values())) == 199 * 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: cleanup interrupted: the batches committed so far stay, the one in progress "
+        "was rolled back; run the same command again to finish"
+    )
+    # Running again finishes the work: each post keeps its first row only.
+    run_cleanup(engine)
+    assert stored(engine) == {msg_id: [Z] for msg_id in range(1, 200)}
+
+
 # --- killed mid-batch and run again --------------------------------------------------
 
 GENERATED_POSTS = 40

@@ -172,6 +172,31 @@ def test_rows_already_stored_are_skipped_and_left_as_they_are(
     assert (CHANNEL, 1, datetime.fromisoformat(seen(2)), 999, None, None, None) in rows
 
 
+def test_importing_again_after_a_cleanup_says_that_the_removed_duplicates_are_back(
+    tmp_path: Path,
+) -> None:
+    """GOOD_ROWS hold three repeats: post 1 at minute 2, post 2 at minutes 2 and 3."""
+    url = f"sqlite:///{tmp_path / 'again.sqlite3'}"
+    recording = write_csv(tmp_path / "good.csv", GOOD_ROWS)
+    first = run_cli("import", str(recording), "--db", url)
+    assert first.returncode == 0, first.stderr
+    assert "note:" not in first.stderr
+    cleaned = run_cli("cleanup", "--yes", "--json", "--db", url)
+    assert json.loads(cleaned.stdout)["duplicates_removed"] == 3
+
+    again = run_cli("import", str(recording), "--json", "--db", url)
+
+    assert (
+        json.loads(again.stdout)["rows_inserted"],
+        json.loads(again.stdout)["rows_already_present"],
+    ) == (3, 3)
+    assert (
+        "note: 3 rows of this file were already stored and 3 were added; if a cleanup "
+        in again.stderr
+    )
+    assert "the duplicates it removed are back: run cleanup again" in again.stderr
+
+
 def test_strict_exits_1_at_the_first_rejected_row_and_stores_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'strict.sqlite3'}"
     recording = write_csv(tmp_path / "bad.csv", [GOOD_ROWS[0], BAD_ROWS[6][0], GOOD_ROWS[1]])

@@ -584,7 +584,9 @@ def _sqlite_run_lock(engine: Engine) -> Iterator[None]:
         # A private in-memory database: no other process can reach it.
         yield
         return
-    lock_path = Path(database + LOCK_FILE_SUFFIX)
+    # Named after the file itself, symlinks resolved: two names of one database (a link,
+    # ./ segments) must meet on one lock.
+    lock_path = Path(os.path.realpath(database) + LOCK_FILE_SUFFIX)
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

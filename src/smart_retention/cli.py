@@ -69,6 +69,8 @@ from smart_retention.cli_telegram import channels_app, telegram_app  # noqa: E40
 app.add_typer(telegram_app, name="telegram")
 app.add_typer(channels_app, name="channels")
 
+# The shell's status for a command stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED_EXIT_STATUS = 130
 console = Console()
 # soft_wrap: an error or rejection stays on one line however narrow the terminal or pipe.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -727,6 +729,16 @@ def import_recording(
         migrate.upgrade(engine)
         report = _import_with_progress(engine, recording, batch_size, quiet=as_json)
     _print_rejections(report.rejection_messages)
+    if report.rows_already_present and report.rows_inserted:
+        # Part of the file was stored before. After an interrupted import that is the
+        # point; after a cleanup it means the duplicates the cleanup removed are back.
+        err_console.print(
+            f"note: {report.rows_already_present:,} rows of this file were already stored "
+            f"and {report.rows_inserted:,} were added; if a cleanup ran since the first "
+            "import, the duplicates it removed are back: run cleanup again",
+            markup=False,
+            highlight=False,
+        )
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
         return
@@ -805,10 +817,17 @@ def cleanup(
     it asks first, and refuses (status 2) when there is no terminal to ask on. Status 3:
     another cleanup is running."""
     with _user_errors():
-        engine = _engine(db)
+        engine = _engine(db, must_exist=True)
         if not dry_run and not yes:
             _confirm_cleanup(engine)
-        report = _cleanup_with_progress(engine, dry_run, batch_size, quiet=as_json)
+        try:
+            report = _cleanup_with_progress(engine, dry_run, batch_size, quiet=as_json)
+        except KeyboardInterrupt:
+            _fail(
+                "cleanup interrupted: the batches committed so far stay, the one in progress "
+                "was rolled back; run the same command again to finish",
+                INTERRUPTED_EXIT_STATUS,
+            )
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
         return
