@@ -161,7 +161,8 @@ def test_collection_stats_are_sums_over_the_check_rows(dataset: Engine) -> None:
 
 
 def test_storage_analysis_adds_up(dataset: Engine) -> None:
-    """Projected is total checks times bytes per row; savings are projected minus current."""
+    """Projected is a row per check plus the rows no check made (the legacy post's four),
+    times bytes per row; savings are projected minus current."""
     with dataset.connect() as connection:
         report = analysis.storage_analysis(connection, NOW)
     per_row = report.table_bytes["post_metrics"] / SNAPSHOT_ROWS
@@ -173,10 +174,14 @@ def test_storage_analysis_adds_up(dataset: Engine) -> None:
     assert report.estimates["duplicate_snapshots"].method == EstimateMethod.EXACT_SCAN
     assert report.bytes_per_snapshot_row == pytest.approx(per_row)
     assert report.current_storage_mb == pytest.approx(current / 2**20)
-    assert report.projected_storage_without_smart_mb == pytest.approx(13 * per_row / 2**20)
-    savings = 13 * per_row - current
+    projected_rows = TOTAL_CHECKS + len(LEGACY_TIMES)
+    assert projected_rows == 17
+    assert report.projected_storage_without_smart_mb == pytest.approx(
+        projected_rows * per_row / 2**20
+    )
+    savings = projected_rows * per_row - current
     assert report.savings_mb == pytest.approx(savings / 2**20)
-    assert report.savings_pct == pytest.approx(100 * savings / (13 * per_row))
+    assert report.savings_pct == pytest.approx(100 * savings / (projected_rows * per_row))
     assert all(size > 0 for size in report.table_bytes.values())
 
 

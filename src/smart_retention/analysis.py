@@ -258,7 +258,11 @@ def storage_analysis(
     )
     per_row = sizes["post_metrics"] / records if records else None
     current = sum(sizes.values())
-    projected = counts.checks * per_row if per_row is not None else None
+    # An every-check collector stores a row per check, and the rows no check made (an old
+    # collector's, imported) are there either way: without those, a database of imported
+    # history would be "projected" at zero and show the whole table as a loss.
+    projected_rows = max(counts.checks, records + counts.checks - counts.saved)
+    projected = projected_rows * per_row if per_row is not None else None
     savings = projected - current if projected is not None else None
     return StorageAnalysis(
         as_of=now,
