@@ -5,7 +5,10 @@ Migration 0003's triggers keep `collection_totals`; these tests change `posts` a
 count over the tables (`recount_totals`) and with values worked out by hand.
 """
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine, delete, text, update
 
@@ -163,3 +166,29 @@ def test_a_writer_with_another_search_path_counts_in_the_tables_own_schema(
             assert read_totals(connection) == recount_totals(connection)
     finally:
         engine.dispose()
+
+
+def test_db_recount_totals_sets_a_stale_row_and_says_what_it_was(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'stale.sqlite3'}"
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        _collect(engine)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE collection_totals SET checks = 0"))
+    finally:
+        engine.dispose()
+    cli = Path(sys.executable).with_name("smart-retention")
+    first = subprocess.run(
+        [cli, "db", "recount-totals", "--db", url], capture_output=True, text=True, check=False
+    )
+    assert first.returncode == 0, first.stderr
+    # Joined again: Rich wraps the line at the width it guesses for a pipe.
+    assert " ".join(first.stdout.split()) == (
+        "totals: 4 posts, 12 checks, 7 saves, 3 stable posts "
+        "(were 4 posts, 0 checks, 7 saves, 3 stable posts)"
+    )
+    again = subprocess.run(
+        [cli, "db", "recount-totals", "--db", url], capture_output=True, text=True, check=False
+    )
+    assert again.stdout.split()[-1] == "(unchanged)"

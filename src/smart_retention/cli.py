@@ -177,6 +177,30 @@ def db_current(db: DbOption = None) -> None:
     console.print(migrate.current_revision(engine) or "base (no schema)")
 
 
+@db_app.command("recount-totals")
+def db_recount_totals(db: DbOption = None) -> None:
+    """Set the kept totals (posts, checks, saves, stable posts) to a count over the tables.
+
+    Triggers keep them; a bulk load that bypassed triggers (PostgreSQL's
+    session_replication_role = replica) leaves them stale until this runs."""
+    from smart_retention.storage.totals import read_totals, reset_totals
+
+    with _user_errors():
+        engine = _engine(db, must_exist=True)
+        with engine.begin() as connection:
+            before = read_totals(connection)
+            after = reset_totals(connection)
+    changed = "unchanged" if before == after else f"were {_totals_line(before)}"
+    console.print(f"totals: {_totals_line(after)} ({changed})")
+
+
+def _totals_line(totals: Any) -> str:
+    return (
+        f"{totals.posts:,} posts, {totals.checks:,} checks, {totals.saves:,} saves, "
+        f"{totals.stable_posts:,} stable posts"
+    )
+
+
 @app.command()
 def replay(
     file: Annotated[Path, typer.Argument(help="Recorded CSV, plain or gzipped.")],
