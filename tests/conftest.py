@@ -56,6 +56,19 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
+def require_redis(url: str) -> None:
+    """Skip without a Redis answering at `url` on a laptop; fail when CI is set."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as error:
+        reason = f"Redis at {url} is not available: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 def require_real_data(name: str) -> Path:
     path = REAL_DATA / name / "snapshots.csv.gz"
     if not path.exists():

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 from typer.testing import CliRunner
 
+from conftest import require_redis
 from deploy_fixtures import (
     build_legacy_database,
     collapse_repeats,
@@ -320,12 +321,7 @@ def test_reload_workers_says_what_it_could_do() -> None:
 
 
 def test_reload_workers_with_a_broker_and_no_worker_says_none_answered() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(QUIET_BROKER, socket_connect_timeout=1).ping()
-    except redis.exceptions.RedisError as error:
-        pytest.skip(f"no Redis at {QUIET_BROKER}: {error}")
+    require_redis(QUIET_BROKER)
     line = reload_workers(QUIET_BROKER, reply_timeout=0.5)
     assert line.startswith(f"no worker answered on {QUIET_BROKER} within 0.5 s")
 
@@ -341,13 +337,9 @@ def running_worker(tmp_path: Path) -> Iterator[str]:
     import os
     import uuid
 
-    import redis
     from celery import Celery
 
-    try:
-        redis.Redis.from_url(WORKER_BROKER, socket_connect_timeout=1).ping()
-    except redis.exceptions.RedisError as error:
-        pytest.skip(f"no Redis at {WORKER_BROKER}: {error}")
+    require_redis(WORKER_BROKER)
     name = f"deploy-test-{uuid.uuid4().hex[:8]}@localhost"
     env = {
         **os.environ,

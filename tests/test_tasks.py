@@ -23,6 +23,7 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
+from conftest import require_redis
 from smart_retention import cleanup, tasks
 from smart_retention.collector import Collector
 from smart_retention.config import Settings
@@ -211,26 +212,9 @@ def _count(engine: Engine, table: Any) -> int:
 # --- real workers ---
 
 
-def _redis_unavailable_reason() -> str | None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as error:
-        return f"Redis at {REDIS_URL} is not available: {error}"
-    return None
-
-
-def require_redis() -> None:
-    reason = _redis_unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    require_redis()
+    require_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     yield client
