@@ -31,6 +31,7 @@ from smart_retention.cleanup import (
     count_snapshots,
     run_cleanup,
 )
+from smart_retention.cli_telegram import channels_app, telegram_app
 from smart_retention.collector import BracketStats, CollectionStats, Collector
 from smart_retention.config import load_settings
 from smart_retention.demo import ChannelModel, synthetic_recording
@@ -63,9 +64,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-# The Telegram account and channel commands (issue 7) live in their own module.
-from smart_retention.cli_telegram import channels_app, telegram_app  # noqa: E402
-
+# The Telegram account and channel commands live in cli_telegram.py.
 app.add_typer(telegram_app, name="telegram")
 app.add_typer(channels_app, name="channels")
 
@@ -914,5 +913,6 @@ def _size(size: int | None) -> str:
     return "unknown" if size is None else f"{size / 2**20:,.1f} MiB ({size:,} bytes)"
 
 
-# backup, deploy, rollback and db stamp (issue 8) register themselves on `app` and `db_app`.
+# backup, deploy, rollback and db stamp register themselves on `app` and `db_app`; the
+# module imports this one for them, so it comes last.
 from smart_retention import cli_deploy  # noqa: E402, F401
