@@ -343,7 +343,10 @@ def test_session_settings_telethon_cannot_use_are_one_line_naming_the_variable(
     folder = tmp_path / "folder.session"
     folder.mkdir()
     whole = string_session(1)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("api id and hash, not a session\n")
     cases = {
+        str(notes): "notes.txt is not a session file (session files end in .session",
         str(not_sqlite): "is not a session file (file is not a database)",
         str(other_db): "is an SQLite database but not a Telethon session",
         str(folder): "is a directory, not a session file",

@@ -192,6 +192,15 @@ def _session_file(value: str) -> Path:
             f"{SESSION_VARIABLE}: {path if path.is_dir() else value.strip()} is a directory, "
             "not a session file; give the file 'smart-retention telegram login' wrote"
         )
+    given = Path(value.strip()).expanduser()
+    if not path.is_file() and given.is_file():
+        # Telethon reads NAME.session for a NAME without that suffix: the file the user
+        # named exists, but it is not the one a session would be read from.
+        raise TelegramSettingError(
+            f"{SESSION_VARIABLE}: {given} is not a session file (session files end in "
+            f".session, and Telethon would read {path}); give the file "
+            "'smart-retention telegram login' wrote"
+        )
     if not path.is_file():
         raise TelegramSettingError(
             f"{SESSION_VARIABLE}: session file {path} does not exist; run "
