@@ -602,3 +602,17 @@ def test_a_cut_off_or_overlong_row_is_rejected_by_line_not_read_as_unknown_count
     assert "has 9 fields where the header has 8" in result.stderr
     with connect(url) as connection:
         assert set(connection.execute(select(posts.c.msg_id)).scalars()) == {1}
+
+
+@pytest.mark.parametrize(
+    "command", [["stats"], ["storage"], ["efficiency"], ["trend"], ["db", "downgrade", "0001"]]
+)
+def test_a_report_or_downgrade_of_a_missing_sqlite_file_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "missing.sqlite3"
+    result = run_cli(*command, "--db", f"sqlite:///{missing}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"SQLite database {missing} does not exist (nothing was created)" in result.stderr
+    assert not missing.exists()

@@ -163,7 +163,8 @@ def db_downgrade(
     db: DbOption = None,
 ) -> None:
     """Migrate the schema down to REVISION ('base' removes every table but Alembic's own)."""
-    engine = _engine(db)
+    with _user_errors():
+        engine = _engine(db, must_exist=True)
     migrate.downgrade(engine, revision)
     console.print(f"database at revision {migrate.current_revision(engine) or 'base'}")
 
@@ -602,7 +603,8 @@ def trend(
 
 @contextmanager
 def _report_connection(db: str | None) -> Iterator[Any]:
-    engine = _engine(db)
+    # A report reads: a mistyped SQLite path is an error, not a new empty database.
+    engine = _engine(db, must_exist=True)
     try:
         if migrate.current_revision(engine) is None:
             raise UserError("the database has no schema yet; run: smart-retention db upgrade")
