@@ -4,20 +4,18 @@
 from it by hand (the comments say how). test_api.py serves the same data over HTTP.
 """
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
-from conftest import ENGINES, POSTGRES_URL, require_postgres
+from conftest import ENGINES, postgres_schema_url
 from smart_retention import analysis
 from smart_retention.analysis import EstimateMethod, NotFoundError
 from smart_retention.collector import Collector
@@ -113,29 +111,16 @@ def build_dataset(engine: Engine) -> None:
 def dataset_database(kind: str, folder: Path) -> Iterator[Engine]:
     """A migrated database holding `build_dataset`, shared by a module's read-only tests
     (building it for every test would cost most of their time)."""
-    if kind == "sqlite":
-        url = f"sqlite:///{folder / 'dataset.sqlite3'}"
-        drop = None
-    else:
-        require_postgres()
-        schema = f"test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(POSTGRES_URL)
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        query = {"options": f"-csearch_path={schema}"}
-        url = make_url(POSTGRES_URL).update_query_dict(query).render_as_string(False)
-        drop = text(f'DROP SCHEMA "{schema}" CASCADE')
-    engine = make_engine(url)
-    try:
+    with ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{folder / 'dataset.sqlite3'}"
+        else:
+            url = stack.enter_context(postgres_schema_url())
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
         migrate.upgrade(engine)
         build_dataset(engine)
         yield engine
-    finally:
-        engine.dispose()
-        if drop is not None:
-            with admin.begin() as connection:
-                connection.execute(drop)
-            admin.dispose()
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.engine import make_url
 
-from conftest import POSTGRES_URL, require_postgres
+from conftest import postgres_schema_url, require_postgres
 from smart_retention.cleanup import (
     DEFAULT_BATCH_SIZE,
     CleanupAlreadyRunning,
@@ -592,22 +592,6 @@ CHECKSUM = text(
 )
 
 
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A migrated schema of its own, as a URL a subprocess can use."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def generated_table(url: str) -> Engine:
     engine = make_engine(url)
     migrate.upgrade(engine)
@@ -658,7 +642,7 @@ def test_a_cleanup_killed_mid_batch_and_run_again_ends_exactly_as_an_uninterrupt
     DELETE runs, after some batches committed; run again, it ends with the same rows."""
     require_postgres()
     name = f"cleanup-{uuid.uuid4().hex[:8]}"
-    with postgres_schema() as whole_url, postgres_schema() as killed_url:
+    with postgres_schema_url() as whole_url, postgres_schema_url() as killed_url:
         whole, killed = generated_table(whole_url), generated_table(killed_url)
         total = count_rows(killed)
         assert checksum(whole) == checksum(killed)
