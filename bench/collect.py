@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, event, select, text
 from sqlalchemy.engine import make_url
 
-from smart_retention.collector import DEFAULT_BATCH_SIZE, Collector
+from smart_retention.collector import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Collector
 from smart_retention.observation import Observation, PostInfo, PostKey
 from smart_retention.schedule import DEFAULT_TIERS
 from smart_retention.sources import FetchResult
@@ -202,20 +202,34 @@ def post_keys(engine: Engine, limit: int | None = None) -> list[PostKey]:
 # --- the cases -----------------------------------------------------------------------
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat): all
+    processes, so the database server's work too. NaN where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class Stopwatch:
-    """Wall-clock seconds, and the CPU seconds of this process (the rest is waiting: for
-    the database, or for a CPU on a busy machine)."""
+    """Wall-clock seconds, the CPU seconds of this process, and those of the whole
+    machine (this process, the database server and anything else running)."""
 
     def __init__(self) -> None:
-        self.seconds = self.cpu_seconds = 0.0
+        self.seconds = self.cpu_seconds = self.machine_cpu_seconds = 0.0
 
     def __enter__(self) -> "Stopwatch":
         self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._machine = machine_busy_seconds()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.seconds = time.perf_counter() - self._wall
         self.cpu_seconds = time.process_time() - self._cpu
+        self.machine_cpu_seconds = machine_busy_seconds() - self._machine
 
 
 @dataclass
@@ -224,6 +238,7 @@ class CaseResult:
     posts: int
     seconds: float
     cpu_seconds: float
+    machine_cpu_seconds: float
     checks: int
     rows_written: int
     table_rows: int = 0
@@ -240,10 +255,12 @@ def run_smart(
     engine: Engine,
     observations: Sequence[Observation],
     batch_size: int,
+    workers: int,
     profile: bool,
     statements: bool = False,
 ) -> CaseResult:
-    collector = Collector(engine, PrefetchedSource(observations), batch_size=batch_size)
+    source = PrefetchedSource(observations)
+    collector = Collector(engine, source, batch_size=batch_size, workers=workers)
     profiler = cProfile.Profile() if profile else None
     timer = StatementTimer(engine) if statements else nullcontext()
     with timer, Stopwatch() as watch:
@@ -262,6 +279,7 @@ def run_smart(
         posts=len(observations),
         seconds=watch.seconds,
         cpu_seconds=watch.cpu_seconds,
+        machine_cpu_seconds=watch.machine_cpu_seconds,
         checks=stats.checks,
         rows_written=stats.saved,
         table_rows=rows,
@@ -287,6 +305,7 @@ def run_naive(engine: Engine, observations: Sequence[Observation], batch_size: i
         posts=len(observations),
         seconds=watch.seconds,
         cpu_seconds=watch.cpu_seconds,
+        machine_cpu_seconds=watch.machine_cpu_seconds,
         checks=checks,
         rows_written=checks,
         table_rows=rows,
@@ -313,6 +332,7 @@ def run_copy(engine: Engine, observations: Sequence[Observation]) -> CaseResult:
         posts=len(rows),
         seconds=watch.seconds,
         cpu_seconds=watch.cpu_seconds,
+        machine_cpu_seconds=watch.machine_cpu_seconds,
         checks=len(rows),
         rows_written=len(rows),
         table_rows=table_rows,
@@ -353,6 +373,7 @@ def run_per_post(
         posts=checks,
         seconds=watch.seconds,
         cpu_seconds=watch.cpu_seconds,
+        machine_cpu_seconds=watch.machine_cpu_seconds,
         checks=checks,
         rows_written=checks,
         table_rows=rows,
@@ -447,7 +468,11 @@ def run_throughput(args: argparse.Namespace) -> None:
             analyze(engine)
 
         say("measuring smart-retention ...")
-        results = [run_smart(smart, observations, args.batch_size, args.profile, args.statements)]
+        results = [
+            run_smart(
+                smart, observations, args.batch_size, args.workers, args.profile, args.statements
+            )
+        ]
         say("measuring naive ...")
         results.append(run_naive(naive, observations, args.batch_size))
         say("measuring COPY ...")
@@ -475,7 +500,8 @@ def print_setting(workload: Workload, args: argparse.Namespace, load_before: flo
     print(
         f"workload: {workload.posts:,} due posts ({workload.channels} channels, seed "
         f"{workload.seed}), daily tier, measured cycle {CYCLE_INTERVAL} after priming; "
-        f"changed_fraction {workload.changed_fraction}; batch size {args.batch_size}"
+        f"changed_fraction {workload.changed_fraction}; batch size {args.batch_size}, "
+        f"{args.workers} collector workers"
     )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} at the start and "
@@ -486,7 +512,7 @@ def print_setting(workload: Workload, args: argparse.Namespace, load_before: flo
 def print_results(results: list[CaseResult]) -> None:
     smart, naive, copy, per_post = results
     header = (
-        f"{'case':<20} {'posts':>9} {'seconds':>8} {'CPU s':>6} {'checks/s':>9} "
+        f"{'case':<20} {'posts':>9} {'seconds':>8} {'CPU s':>6} {'all CPU s':>9} {'checks/s':>9} "
         f"{'rows written':>12} {'rows in table':>13} {'table MB':>8} {'bytes/row':>9}"
     )
     print(header)
@@ -495,7 +521,8 @@ def print_results(results: list[CaseResult]) -> None:
         per_row = result.table_bytes / result.table_rows if result.table_rows else 0
         print(
             f"{result.name:<20} {result.posts:9,d} {result.seconds:8.2f} "
-            f"{result.cpu_seconds:6.1f} {result.checks_per_s:9,.0f} {result.rows_written:12,d} "
+            f"{result.cpu_seconds:6.1f} {result.machine_cpu_seconds:9.1f} "
+            f"{result.checks_per_s:9,.0f} {result.rows_written:12,d} "
             f"{result.table_rows:13,d} {result.table_bytes / 2**20:8.1f} {per_row:9.0f} "
             f"{result.note}"
         )
@@ -622,6 +649,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=DEFAULT_POSTS)
     parser.add_argument("--channels", type=int, default=DEFAULT_CHANNELS)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--changed-fraction", type=float, default=DEFAULT_CHANGED_FRACTION)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(

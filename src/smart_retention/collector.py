@@ -8,12 +8,14 @@ the rest of the batch goes on, and nothing stored before is touched.
 """
 
 import logging
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -26,12 +28,14 @@ from smart_retention.sources import FetchResult, Source
 from smart_retention.storage import channels as channel_store
 from smart_retention.storage import outcomes, repository
 from smart_retention.storage.engine import write_transaction
-from smart_retention.storage.repository import ClaimedPost, PostState
+from smart_retention.storage.repository import ClaimedBatch, ClaimedPost, PostState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE = 500
+# Batches in flight at once on PostgreSQL, each on its own connection (SQLite: one).
+DEFAULT_WORKERS = 2
 # After registering this many new posts at once, refresh the planner's statistics.
 ANALYZE_AFTER_NEW_POSTS = 10_000
 # A batch whose database connection is lost is tried this many times in all.
@@ -114,8 +118,7 @@ class CollectionStats:
         self.rejections.extend(other.rejections[:room])
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedCheck:
+class PlannedCheck(NamedTuple):
     decision: Decision
     snapshot_row: dict[str, Any] | None
     check_row: dict[str, Any]
@@ -221,14 +224,19 @@ class Collector:
         profile: Profile = DEFAULT_PROFILE,
         tiers: Sequence[Tier] = DEFAULT_TIERS,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.engine = engine
         self.source = source
         self.profile = profile
         self.tiers = tuple(tiers)
         self.batch_size = batch_size
+        self.workers = workers
+        self._fetch_lock = threading.Lock()
 
     def run_cycle(self, now: datetime, tier_names: Sequence[str] | None = None) -> CollectionStats:
         """Register newly discovered posts, then check every due post, batch by batch."""
@@ -243,73 +251,124 @@ class Collector:
         if discovered >= ANALYZE_AFTER_NEW_POSTS:
             with self.engine.begin() as connection:
                 repository.refresh_planner_statistics(connection)
-        windows = due_windows(now, self.tiers, tier_names)
-        after: PostKey | None = None
-        while (batch := self._collect_next_batch_retrying(now, windows, after)) is not None:
-            batch_stats, after = batch
-            stats.merge(batch_stats)
+        pages = _DuePages(due_windows(now, self.tiers, tier_names), self.batch_size)
+        workers = self._workers()
+        if workers == 1:
+            stats.merge(self._work_through(pages, now))
+        else:
+            stats.merge(self._work_through_in_parallel(pages, now, workers))
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d "
-            "seconds=%.3f",
+            "workers=%d seconds=%.3f",
             now.isoformat(),
             discovered,
             stats.checks,
             stats.saved,
             stats.rejected,
             stats.batches,
+            workers,
             stats.seconds,
         )
         return stats
 
+    def _workers(self) -> int:
+        # SQLite takes one writer at a time (and an in-memory database is one per
+        # thread), so batches in parallel would only wait for each other there.
+        return 1 if self.engine.dialect.name == "sqlite" else self.workers
+
+    def _work_through_in_parallel(
+        self, pages: "_DuePages", now: datetime, workers: int
+    ) -> CollectionStats:
+        """Batches on `workers` connections at once, each in its own transaction.
+
+        One batch's database work (its statements and commit, run by the server) overlaps
+        another's Python work (deciding, encoding rows), which is what keeps a 2-core
+        machine busy. The first error stops every worker after its current batch and is
+        raised once they have all stopped.
+        """
+        stats = CollectionStats()
+        with ThreadPoolExecutor(workers, thread_name_prefix="collector") as pool:
+            futures = [pool.submit(self._work_through, pages, now) for _ in range(workers)]
+            try:
+                for future in futures:
+                    stats.merge(future.result())
+            except BaseException:
+                # A worker's error, or Ctrl-C here: the others end after their batch.
+                pages.stop()
+                raise
+        return stats
+
+    def _work_through(self, pages: "_DuePages", now: datetime) -> CollectionStats:
+        """Claim and check batches until no due post is left (or `pages` is stopped)."""
+        stats = CollectionStats()
+        try:
+            while (batch_stats := self._collect_next_batch_retrying(pages, now)) is not None:
+                stats.merge(batch_stats)
+        except BaseException:
+            pages.stop()
+            raise
+        return stats
+
     def _collect_next_batch_retrying(
-        self, now: datetime, windows: Sequence[DueWindow], after: PostKey | None
-    ) -> tuple[CollectionStats, PostKey] | None:
+        self, pages: "_DuePages", now: datetime
+    ) -> CollectionStats | None:
         """`_collect_next_batch`, tried again when the database connection is lost.
 
         A lost connection rolls the batch back whole (nothing partial is committed) and
-        releases its claim, so trying again claims the same posts afresh.
+        releases its claim, so trying again claims the same page of posts afresh.
         """
+        page: _Page | None = None
         for attempt in range(1, BATCH_ATTEMPTS + 1):
             try:
-                return self._collect_next_batch(now, windows, after)
-            except DBAPIError as error:
+                return self._collect_next_batch(pages, page, now)
+            except _PageFailed as failed:
+                error, page = failed.error, failed.page
                 if not error.connection_invalidated or attempt == BATCH_ATTEMPTS:
-                    raise
+                    raise error from None
                 log.warning(
-                    "collect.batch_retry attempt=%d after=%s error=%r",
+                    "collect.batch_retry attempt=%d page=%s error=%r",
                     attempt,
-                    after,
+                    page,
                     str(error.orig).strip(),
                 )
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _collect_next_batch(
-        self, now: datetime, windows: Sequence[DueWindow], after: PostKey | None
-    ) -> tuple[CollectionStats, PostKey] | None:
-        """Claim the next due posts after `after`, fetch them and write their checks, in
-        one transaction; None when no due post is left.
+        self, pages: "_DuePages", page: "_Page | None", now: datetime
+    ) -> CollectionStats | None:
+        """Claim the next page of due posts (or `page` again), fetch them and write their
+        checks, in one transaction; None when no due post is left.
 
         The claim comes first, so two collectors on the same tick (or a slow cycle and
         the next one) never fetch or check the same post twice.
         """
         started = time.perf_counter()
         stats = CollectionStats(batches=1)
-        with write_transaction(self.engine) as connection:
-            batch = repository.claim_due_batch(connection, windows, after, self.batch_size)
-            if batch.last_key is None:
-                return None
-            keys = [post.key for post in batch.posts]
-            # Every post on the page may have been checked meanwhile by another collector.
-            fetched = self.source.fetch(keys, now) if keys else FetchResult()
-            states = {post.key: post.state for post in batch.posts if post.state is not None}
-            self._write_checks(connection, fetched.observations, stats, states)
-            if fetched.missing or fetched.deferred:
-                _write_outcomes(connection, batch.posts, fetched, now, stats)
+        try:
+            with write_transaction(self.engine) as connection:
+                claimed = pages.claim(connection, page)
+                if claimed is None:
+                    return None
+                page, batch = claimed
+                keys = [post.key for post in batch.posts]
+                # Every post on the page may have been checked meanwhile by another collector.
+                fetched = self._fetch(keys, now) if keys else FetchResult()
+                states = {post.key: post.state for post in batch.posts if post.state is not None}
+                self._write_checks(connection, fetched.observations, stats, states)
+                if fetched.missing or fetched.deferred:
+                    _write_outcomes(connection, batch.posts, fetched, now, stats)
+        except DBAPIError as error:
+            raise _PageFailed(error, page) from error
         for rejection in fetched.rejections:
             stats.record_rejection(rejection)
         self._log_batch(stats, started)
-        return stats, batch.last_key
+        return stats
+
+    def _fetch(self, keys: Sequence[PostKey], now: datetime) -> FetchResult:
+        # A source is not required to be thread-safe: workers take turns at it.
+        with self._fetch_lock:
+            return self.source.fetch(keys, now)
 
     def next_due_at(self, now: datetime) -> datetime | None:
         """The earliest moment after `now`'s cycle when a post may be due (a lower bound)."""
@@ -366,6 +425,69 @@ class Collector:
             stats.rejected,
             stats.seconds,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A claimed page of due posts: those after `after` (None: from the first), through
+    `through`, in key order."""
+
+    after: PostKey | None
+    through: PostKey
+
+    def __str__(self) -> str:
+        return f"({self.after}, {self.through}]"
+
+
+class _PageFailed(Exception):
+    """A batch's database error, with the page it had claimed (None: the claim failed)."""
+
+    def __init__(self, error: DBAPIError, page: _Page | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.page = page
+
+
+class _DuePages:
+    """Hands out consecutive pages of a cycle's due posts to the workers.
+
+    The claim runs under a lock, so pages are disjoint and follow each other in key
+    order, each locked in the claiming worker's transaction; the work after the claim
+    (fetch, decide, write, commit) runs in parallel.
+    """
+
+    def __init__(self, windows: Sequence[DueWindow], batch_size: int) -> None:
+        self._windows = windows
+        self._batch_size = batch_size
+        self._lock = threading.Lock()
+        self._after: PostKey | None = None
+        self._done = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done = True
+
+    def claim(
+        self, connection: Connection, page: _Page | None
+    ) -> tuple[_Page, ClaimedBatch] | None:
+        """Claim `page` again, or else the next page; None when no due post is left."""
+        if page is not None:
+            batch = repository.claim_due_batch(
+                connection, self._windows, page.after, self._batch_size, through=page.through
+            )
+            return page, batch
+        with self._lock:
+            if self._done:
+                return None
+            batch = repository.claim_due_batch(
+                connection, self._windows, self._after, self._batch_size
+            )
+            if batch.last_key is None:
+                self._done = True
+                return None
+            page = _Page(self._after, batch.last_key)
+            self._after = batch.last_key
+            return page, batch
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

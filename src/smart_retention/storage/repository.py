@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Column,
@@ -52,9 +52,11 @@ class DuePost:
     last_checked_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class PostState:
-    """What the collector knows of a post before this check."""
+class PostState(NamedTuple):
+    """What the collector knows of a post before this check.
+
+    Named tuples here and in ClaimedPost: one of each is made per check, and a tuple is
+    several times cheaper to build than a frozen dataclass."""
 
     last_checked_at: datetime
     last_changed_at: datetime
@@ -66,8 +68,7 @@ class PostState:
     policy_state: Any
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedPost:
+class ClaimedPost(NamedTuple):
     """A due post locked for the current transaction, with what is known of it."""
 
     key: PostKey
@@ -149,9 +150,11 @@ def claim_due_batch(
     windows: Sequence[DueWindow],
     after: PostKey | None,
     limit: int,
+    through: PostKey | None = None,
 ) -> ClaimedBatch:
-    """The next `limit` due posts after `after`, in key order, locked for this
-    transaction, with their check rows and last stored snapshots.
+    """The next `limit` due posts after `after` (and up to `through`, when given), in
+    key order, locked for this transaction, with their check rows and last stored
+    snapshots.
 
     Two statements, on purpose. The first locks the posts (PostgreSQL: FOR NO KEY UPDATE
     SKIP LOCKED, so posts another collector holds are skipped, not waited for, while
@@ -164,11 +167,11 @@ def claim_due_batch(
     if not windows:
         return ClaimedBatch([], None)
     params = {**_window_params(windows), "limit": limit}
-    if after is None:
-        query = _claim_queries(len(windows))[0]
-    else:
-        query = _claim_queries(len(windows))[1]
+    if after is not None:
         params["after_channel_id"], params["after_msg_id"] = after
+    if through is not None:
+        params["through_channel_id"], params["through_msg_id"] = through
+    query = _claim_query(len(windows), after is not None, through is not None)
     locked = [
         (PostKey(channel_id, msg_id), posted_at)
         for channel_id, msg_id, posted_at in connection.execute(query, params).all()
@@ -232,27 +235,26 @@ def _due_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
     return first_page, next_page
 
 
-@lru_cache(maxsize=16)
-def _claim_queries(window_count: int) -> tuple[Select[Any], Select[Any]]:
-    """The claim query for the first batch and for the batch after a given key."""
-    return _claim_query(window_count, paged=False), _claim_query(window_count, paged=True)
-
-
-def _claim_query(window_count: int, paged: bool) -> Select[Any]:
+@lru_cache(maxsize=32)
+def _claim_query(window_count: int, paged: bool, bounded: bool) -> Select[Any]:
+    """The claim query, built once per shape: from the first post or after a key, to
+    the end or through a key (a page claimed again after a lost connection)."""
     checks = post_metrics_checks
 
-    def after_key(table: Table) -> Any:
+    def in_page(table: Table) -> Any:
+        key = tuple_(table.c.channel_id, table.c.msg_id)
         after = tuple_(bindparam("after_channel_id"), bindparam("after_msg_id"))
-        return tuple_(table.c.channel_id, table.c.msg_id) > after if paged else true()
+        through = tuple_(bindparam("through_channel_id"), bindparam("through_msg_id"))
+        return and_(key > after if paged else true(), key <= through if bounded else true())
 
-    # The key bound is repeated in the join: it adds no condition (a joined row has the
-    # post's key) but lets PostgreSQL start both index scans at the page, so a batch
+    # The key bounds are repeated in the join: they add no condition (a joined row has
+    # the post's key) but let PostgreSQL start both index scans at the page, so a batch
     # costs what it returns rather than what comes before it.
-    joined = posts.outerjoin(checks, and_(_same_post(checks, posts), after_key(checks)))
+    joined = posts.outerjoin(checks, and_(_same_post(checks, posts), in_page(checks)))
     return (
         select(posts.c.channel_id, posts.c.msg_id, posts.c.posted_at)
         .select_from(joined)
-        .where(_due_condition(window_count), after_key(posts))
+        .where(_due_condition(window_count), in_page(posts))
         .order_by(posts.c.channel_id, posts.c.msg_id)
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(of=posts, skip_locked=True, key_share=True)
@@ -322,35 +324,25 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
         rows = connection.exec_driver_sql(_POSTGRESQL_STATES_SQL, params).all()
     else:
         rows = connection.execute(_post_states_query(), {"keys": [tuple(k) for k in keys]})
+    # Spelled out, not through a helper: this runs once per check.
     states = {}
-    for channel_id, msg_id, *columns in rows:
-        state = _state_from_columns(columns)
-        if state is not None:
-            states[PostKey(channel_id, msg_id)] = state
-    return states
-
-
-def _state_from_columns(columns: Sequence[Any]) -> PostState | None:
-    """A PostState from the values of `_STATE_COLUMNS`; None for a post never checked."""
-    (
-        last_checked_at, last_changed_at, last_saved_at, checks_since_save, stable_since,
-        policy_state, last_views, last_forwards, last_reactions, last_replies,
+    for (
+        channel_id, msg_id, last_checked_at, last_changed_at, last_saved_at,
+        checks_since_save, stable_since, policy_state,
+        last_views, last_forwards, last_reactions, last_replies,
         snapshot_time, views, forwards, reactions, replies,
-    ) = columns  # fmt: skip
-    if last_checked_at is None:
-        return None
-    return PostState(
-        last_checked_at=last_checked_at,
-        last_changed_at=last_changed_at,
-        last_saved_at=last_saved_at,
-        checks_since_save=checks_since_save,
-        stable_since=stable_since,
-        last_observed=Counters(last_views, last_forwards, last_reactions, last_replies),
-        last_stored=(
-            None if snapshot_time is None else Counters(views, forwards, reactions, replies)
-        ),
-        policy_state=policy_state,
-    )
+    ) in rows:  # fmt: skip
+        states[PostKey(channel_id, msg_id)] = PostState(
+            last_checked_at,
+            last_changed_at,
+            last_saved_at,
+            checks_since_save,
+            stable_since,
+            Counters(last_views, last_forwards, last_reactions, last_replies),
+            None if snapshot_time is None else Counters(views, forwards, reactions, replies),
+            policy_state,
+        )
+    return states
 
 
 def _last_stored_snapshot_of(checks: Any) -> Any:
