@@ -5,6 +5,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from smart_retention.collector import DEFAULT_BATCH_SIZE
+
 DEFAULT_DATABASE_URL = "sqlite:///smart-retention.sqlite3"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; a SQLite file in the working folder by default.",
     )
     batch_size: int = Field(
-        default=500,
+        default=DEFAULT_BATCH_SIZE,
         ge=1,
         le=5000,
         description="Posts per collection batch, i.e. per transaction.",

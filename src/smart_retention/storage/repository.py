@@ -76,13 +76,11 @@ class ClaimedPost(NamedTuple):
     state: PostState | None
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedBatch:
-    """Posts claimed for this transaction, and the last key looked at (the next page
-    starts after it); `last_key` is None when no due post was left."""
+class LockedPost(NamedTuple):
+    """A due post locked for the current transaction, before its state is read."""
 
-    posts: list[ClaimedPost]
-    last_key: PostKey | None
+    key: PostKey
+    posted_at: datetime
 
 
 _DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -145,45 +143,56 @@ def iter_due_posts(
         params["after_channel_id"], params["after_msg_id"] = rows[-1].channel_id, rows[-1].msg_id
 
 
-def claim_due_batch(
+def lock_due_posts(
     connection: Connection,
     windows: Sequence[DueWindow],
     after: PostKey | None,
     limit: int,
     through: PostKey | None = None,
-) -> ClaimedBatch:
+) -> list[LockedPost]:
     """The next `limit` due posts after `after` (and up to `through`, when given), in
-    key order, locked for this transaction, with their check rows and last stored
-    snapshots.
+    key order, locked for this transaction: the first half of a claim.
 
-    Two statements, on purpose. The first locks the posts (PostgreSQL: FOR NO KEY UPDATE
-    SKIP LOCKED, so posts another collector holds are skipped, not waited for, while
-    writers that only reference a post, such as a snapshot insert, are not blocked); but
-    it judges due-ness from the check rows as they were when it started, and a collector
-    that committed a moment before the lock was taken is not visible to it. The second reads
-    the check rows afresh, under the lock, and posts found checked meanwhile are let go.
-    On SQLite the caller's IMMEDIATE transaction excludes every other writer anyway.
+    A claim takes two statements, on purpose. This one locks the posts (PostgreSQL: FOR
+    NO KEY UPDATE SKIP LOCKED, so posts another collector holds are skipped, not waited
+    for, while writers that only reference a post, such as a snapshot insert, are not
+    blocked); but it judges due-ness from the check rows as they were when it started,
+    and a collector that committed a moment before the lock was taken is not visible to
+    it. The second, `claim_locked_posts`, reads the check rows afresh, under the lock,
+    and lets go of posts found checked meanwhile. On SQLite the caller's IMMEDIATE
+    transaction excludes every other writer anyway.
     """
     if not windows:
-        return ClaimedBatch([], None)
+        return []
     params = {**_window_params(windows), "limit": limit}
     if after is not None:
         params["after_channel_id"], params["after_msg_id"] = after
     if through is not None:
         params["through_channel_id"], params["through_msg_id"] = through
     query = _claim_query(len(windows), after is not None, through is not None)
-    locked = [
-        (PostKey(channel_id, msg_id), posted_at)
-        for channel_id, msg_id, posted_at in connection.execute(query, params).all()
+    if connection.dialect.name == "postgresql":
+        # As driver SQL, for the reason given in load_post_states.
+        rows = connection.exec_driver_sql(_postgresql_sql(query), params).all()
+    else:
+        rows = connection.execute(query, params).all()
+    return [
+        LockedPost(PostKey(channel_id, msg_id), posted_at) for channel_id, msg_id, posted_at in rows
     ]
-    states = load_post_states(connection, [key for key, _ in locked])
+
+
+def claim_locked_posts(
+    connection: Connection, locked: Sequence[LockedPost], windows: Sequence[DueWindow]
+) -> list[ClaimedPost]:
+    """The posts of `locked` still due, with their check rows and last stored snapshots
+    read afresh under the lock (see `lock_due_posts`)."""
+    states = load_post_states(connection, [post.key for post in locked])
     claimed = []
     for key, posted_at in locked:
         state = states.get(key)
         last_checked_at = state.last_checked_at if state is not None else None
         if due_in_windows(posted_at, last_checked_at, windows):
             claimed.append(ClaimedPost(key, posted_at, state))
-    return ClaimedBatch(claimed, locked[-1][0] if locked else None)
+    return claimed
 
 
 def _window_params(windows: Sequence[DueWindow]) -> dict[str, Any]:
@@ -259,6 +268,12 @@ def _claim_query(window_count: int, paged: bool, bounded: bool) -> Select[Any]:
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(of=posts, skip_locked=True, key_share=True)
     )
+
+
+@lru_cache(maxsize=64)
+def _postgresql_sql(query: Select[Any]) -> str:
+    """`query` as PostgreSQL (psycopg) SQL with named placeholders, compiled once."""
+    return str(query.compile(dialect=_PSYCOPG))
 
 
 def tier_outlooks(connection: Connection, windows: Sequence[DueWindow]) -> list[TierOutlook]:
@@ -438,6 +453,7 @@ def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> Non
 # SQLAlchemy's Float compiles to FLOAT, which PostgreSQL reads as double precision.
 _COPY_TYPE_ALIASES = {"float": "float8"}
 _POSTGRESQL = postgresql.dialect()
+_PSYCOPG = postgresql.psycopg.dialect()
 
 
 def _copy_rows(
