@@ -12,7 +12,6 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -285,23 +284,35 @@ class Collector:
     def _work_through_in_parallel(
         self, pages: "_DuePages", now: datetime, workers: int
     ) -> CollectionStats:
-        """Batches on `workers` connections at once, each in its own transaction.
+        """Batches on `workers` connections at once, each in its own transaction: this
+        thread is one worker, helper threads the others.
 
         One batch's database work (its statements and commit, run by the server) overlaps
         another's Python work (deciding, encoding rows), which is what keeps a 2-core
         machine busy. The first error stops every worker after its current batch and is
-        raised once they have all stopped.
+        raised once they have all stopped; Ctrl-C is raised at once.
         """
-        stats = CollectionStats()
-        with ThreadPoolExecutor(workers, thread_name_prefix="collector") as pool:
-            futures = [pool.submit(self._work_through, pages, now) for _ in range(workers)]
-            try:
-                for future in futures:
-                    stats.merge(future.result())
-            except BaseException:
-                # A worker's error, or Ctrl-C here: the others end after their batch.
-                pages.stop()
-                raise
+        helpers = [_Helper(self, pages, now, number) for number in range(1, workers)]
+        for helper in helpers:
+            helper.start()
+        try:
+            stats = self._work_through(pages, now)
+            for helper in helpers:
+                helper.join()
+        except KeyboardInterrupt:
+            # Not waiting for the helpers: their batches in flight commit, or roll back
+            # with their connections if the process ends first (they are daemon threads).
+            pages.stop()
+            raise
+        except BaseException:
+            pages.stop()
+            for helper in helpers:
+                helper.join()
+            raise
+        for helper in helpers:
+            if helper.error is not None:
+                raise helper.error
+            stats.merge(helper.stats)
         return stats
 
     def _work_through(self, pages: "_DuePages", now: datetime) -> CollectionStats:
@@ -430,6 +441,23 @@ class Collector:
             stats.rejected,
             stats.seconds,
         )
+
+
+class _Helper(threading.Thread):
+    """A worker thread of `Collector._work_through_in_parallel`, keeping what it did or
+    the error that stopped it."""
+
+    def __init__(self, collector: Collector, pages: "_DuePages", now: datetime, number: int):
+        super().__init__(name=f"collector-worker-{number}", daemon=True)
+        self.collector, self.pages, self.now = collector, pages, now
+        self.stats = CollectionStats()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.stats = self.collector._work_through(self.pages, self.now)
+        except BaseException as error:  # handed to the calling thread, which raises it
+            self.error = error
 
 
 @dataclass(frozen=True, slots=True)
