@@ -104,6 +104,14 @@ def test_two_workers_store_what_one_stores(pg_engine: Engine) -> None:
     assert _stored(pg_engine) == (POSTS, POSTS, POSTS, 0)
 
 
+def test_a_cycle_of_one_short_page_starts_no_helper(pg_engine: Engine) -> None:
+    source = _TroubledSource()
+    stats = Collector(pg_engine, source, batch_size=POSTS + 1, workers=2).run_cycle(T0)
+    assert (stats.checks, stats.batches) == (POSTS, 1)
+    assert source.threads == {"MainThread"}
+    assert _stored(pg_engine) == (POSTS, POSTS, POSTS, 0)
+
+
 @pytest.mark.parametrize("fail_on", [1, 2, 5])
 def test_an_error_in_either_worker_fails_the_cycle_leaving_whole_batches(
     pg_engine: Engine, fail_on: int

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -255,12 +255,12 @@ class Collector:
         if discovered >= ANALYZE_AFTER_NEW_POSTS:
             with self.engine.begin() as connection:
                 repository.refresh_planner_statistics(connection)
-        pages = _DuePages(due_windows(now, self.tiers, tier_names), self.batch_size)
+        windows = due_windows(now, self.tiers, tier_names)
         workers = self._workers()
         if workers == 1:
-            stats.merge(self._work_through(pages, now))
+            stats.merge(self._work_through(_DuePages(windows, self.batch_size), now))
         else:
-            stats.merge(self._work_through_in_parallel(pages, now, workers))
+            stats.merge(self._work_through_in_parallel(windows, now, workers))
         stats.seconds = time.perf_counter() - started
         log.debug(
             "collect.cycle now=%s discovered=%d checks=%d saved=%d rejected=%d batches=%d "
@@ -282,19 +282,26 @@ class Collector:
         return 1 if self.engine.dialect.name == "sqlite" else self.workers
 
     def _work_through_in_parallel(
-        self, pages: "_DuePages", now: datetime, workers: int
+        self, windows: Sequence[DueWindow], now: datetime, workers: int
     ) -> CollectionStats:
         """Batches on `workers` connections at once, each in its own transaction: this
         thread is one worker, helper threads the others.
 
         One batch's database work (its statements and commit, run by the server) overlaps
         another's Python work (deciding, encoding rows), which is what keeps a 2-core
-        machine busy. The first error stops every worker after its current batch and is
-        raised once they have all stopped; Ctrl-C is raised at once.
+        machine busy. The helpers start with the first full page: a cycle of one batch
+        (most cycles of a replay, or of a quiet tier) runs without them. The first error
+        stops every worker after its current batch and is raised once they have all
+        stopped; Ctrl-C is raised at once.
         """
-        helpers = [_Helper(self, pages, now, number) for number in range(1, workers)]
-        for helper in helpers:
-            helper.start()
+        helpers: list[_Helper] = []
+
+        def start_helpers() -> None:
+            for number in range(1, workers):
+                helpers.append(_Helper(self, pages, now, number))
+                helpers[-1].start()
+
+        pages = _DuePages(windows, self.batch_size, on_full_page=start_helpers)
         try:
             stats = self._work_through(pages, now)
             for helper in helpers:
@@ -489,9 +496,16 @@ class _DuePages:
     (fetch, decide, write, commit) runs in parallel.
     """
 
-    def __init__(self, windows: Sequence[DueWindow], batch_size: int) -> None:
+    def __init__(
+        self,
+        windows: Sequence[DueWindow],
+        batch_size: int,
+        on_full_page: Callable[[], None] | None = None,
+    ) -> None:
         self._windows = windows
         self._batch_size = batch_size
+        # Called once, by the worker that claims the first full page (more may follow).
+        self._on_full_page = on_full_page
         self._lock = threading.Lock()
         self._after: PostKey | None = None
         self._done = False
@@ -520,6 +534,15 @@ class _DuePages:
                     return None
                 page = _Page(self._after, locked[-1].key)
                 self._after = page.through
+                on_full_page = None
+                if len(locked) < self._batch_size:
+                    # A short page is the last: no due post is left after it but those
+                    # another collector holds, which are its to check.
+                    self._done = True
+                else:
+                    on_full_page, self._on_full_page = self._on_full_page, None
+            if on_full_page is not None:
+                on_full_page()
         else:
             locked = repository.lock_due_posts(
                 connection, self._windows, page.after, self._batch_size, through=page.through
