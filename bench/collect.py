@@ -407,30 +407,39 @@ def run_per_post(
 
 class StatementTimer:
     """Wall-clock seconds per kind of statement of a cycle, client work included: from
-    SQLAlchemy's before_cursor_execute to after_cursor_execute, and each COPY the write
-    path sends on the driver's cursor (repository._copy_rows)."""
+    SQLAlchemy's before_cursor_execute to after_cursor_execute, and each statement the
+    collector sends on the driver's cursor (repository._copy_rows, _driver_rows)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: Counter[str] = Counter()
         self._copy_rows = repository._copy_rows
+        self._driver_rows = repository._driver_rows
 
     def __enter__(self) -> "StatementTimer":
         event.listen(self.engine, "before_cursor_execute", self._before)
         event.listen(self.engine, "after_cursor_execute", self._after)
-        real_copy_rows = self._copy_rows
+        real_copy_rows, real_driver_rows = self._copy_rows, self._driver_rows
 
         def timed_copy_rows(connection: Any, target: str, table: Any, rows: Any) -> None:
             started = time.perf_counter()
             real_copy_rows(connection, target, table, rows)
             self._add(f"COPY {target}", time.perf_counter() - started)
 
+        def timed_driver_rows(connection: Any, sql: str, params: Any) -> list[tuple]:
+            started = time.perf_counter()
+            rows = real_driver_rows(connection, sql, params)
+            self._add(" ".join(sql.split())[:60], time.perf_counter() - started)
+            return rows
+
         repository._copy_rows = timed_copy_rows  # type: ignore[assignment]
+        repository._driver_rows = timed_driver_rows  # type: ignore[assignment]
         return self
 
     def __exit__(self, *_: object) -> None:
         repository._copy_rows = self._copy_rows  # type: ignore[assignment]
+        repository._driver_rows = self._driver_rows  # type: ignore[assignment]
         event.remove(self.engine, "before_cursor_execute", self._before)
         event.remove(self.engine, "after_cursor_execute", self._after)
 

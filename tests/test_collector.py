@@ -64,33 +64,45 @@ def stored_views(engine: Engine, msg_id: int) -> list[int | None]:
 
 @contextmanager
 def counted_statements(engine: Engine) -> Iterator[list[str]]:
-    """Every statement sent to the database: through SQLAlchemy, and the COPY statements
-    the PostgreSQL write path sends on the driver's cursor directly."""
+    """Every statement sent to the database. On PostgreSQL they are counted at the
+    driver, since the collector sends some (COPY, the claim and the state read) on
+    psycopg's cursor directly; on SQLite through SQLAlchemy."""
     statements: list[str] = []
+    if engine.dialect.name != "postgresql":
 
-    def count(conn, cursor, statement, parameters, context, executemany):
-        # Transaction control (SQLite's explicit BEGIN) is not a data statement.
-        if not statement.startswith("BEGIN"):
-            statements.append(statement)
+        def count(conn, cursor, statement, parameters, context, executemany):
+            # Transaction control (SQLite's explicit BEGIN) is not a data statement.
+            if not statement.startswith("BEGIN"):
+                statements.append(statement)
 
-    real_copy = psycopg.Cursor.copy
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            yield statements
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return
+
+    real_execute, real_copy = psycopg.Cursor.execute, psycopg.Cursor.copy
+
+    def counted_execute(cursor: psycopg.Cursor, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return real_execute(cursor, query, *args, **kwargs)
 
     def counted_copy(cursor: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:
         statements.append(str(statement))
         return real_copy(cursor, statement, *args, **kwargs)
 
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        with patch.object(psycopg.Cursor, "copy", counted_copy):
-            yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    with (
+        patch.object(psycopg.Cursor, "execute", counted_execute),
+        patch.object(psycopg.Cursor, "copy", counted_copy),
+    ):
+        yield statements
 
 
 # Statements per batch. SQLite: read the states, insert the snapshots, upsert the check
-# rows. PostgreSQL: read the states, COPY the snapshots into post_metrics, make sure the
-# staging table exists, COPY the check rows into it, merge them into post_metrics_checks.
-WRITE_STATEMENTS = {"sqlite": 3, "postgresql": 5}
+# rows. PostgreSQL: read the states, make sure the staging table exists, COPY the check
+# rows into it, then one statement inserts the snapshots and merges the check rows.
+WRITE_STATEMENTS = {"sqlite": 3, "postgresql": 4}
 
 
 def test_a_check_row_follows_every_check_and_save(engine: Engine) -> None:
@@ -203,21 +215,28 @@ def test_posts_past_the_last_tier_are_not_polled(engine: Engine) -> None:
 def test_a_failure_mid_batch_leaves_nothing_partial(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Snapshots are inserted before the check rows; if the upsert fails, neither stays."""
+    """The batch's snapshots and check rows are written, then the batch fails before
+    its commit: neither stays."""
     first = [observation(m, T0 + timedelta(minutes=5), 100) for m in (1, 2)]
     second = [observation(m, T0 + timedelta(minutes=15), 200) for m in (1, 2)]
     collector = collector_for(engine, first + second)
     register(engine, collector, T0 + timedelta(minutes=15))
     collector.check(first)
+    real_write_checks = repository.write_checks
+    written: list[int] = []
 
-    def failing_upsert(connection, rows):
-        raise RuntimeError("injected failure after the snapshot insert")
+    def write_then_fail(connection, rows):
+        real_write_checks(connection, rows)
+        written.append(len(connection.execute(select(post_metrics)).all()))
+        raise RuntimeError("injected failure after the batch's writes")
 
-    monkeypatch.setattr(repository, "upsert_checks", failing_upsert)
+    monkeypatch.setattr(repository, "write_checks", write_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         collector.check(second)
     monkeypatch.undo()
 
+    # Inside the failed transaction both new snapshots were there; none is now.
+    assert written == [4]
     assert stored_views(engine, 1) == [100] and stored_views(engine, 2) == [100]
     assert check_row(engine, 1)["check_count"] == 1
     # The same batch succeeds afterwards, as if the failed attempt never happened.

@@ -124,7 +124,8 @@ class CollectionStats:
 
 class PlannedCheck(NamedTuple):
     decision: Decision
-    snapshot_row: dict[str, Any] | None
+    # The check row to write; with save_count 1 it also stands for the stored snapshot
+    # (repository.write_checks).
     check_row: dict[str, Any]
     views_error: int | None
 
@@ -155,19 +156,6 @@ def plan_check(
     channel_id, msg_id = observation.key
     views, forwards, reactions, replies = counters
     store = decision.store
-    snapshot_row = (
-        {
-            "channel_id": channel_id,
-            "msg_id": msg_id,
-            "snapshot_time": now,
-            "views": views,
-            "forwards": forwards,
-            "reactions": reactions,
-            "replies": replies,
-        }
-        if store
-        else None
-    )
     if state is None:
         last_changed_at, last_saved_at, checks_since_save, stable_since = now, now, 0, None
     else:
@@ -204,9 +192,7 @@ def plan_check(
         "missing_since": None,
         "deferred_until": None,
     }
-    return PlannedCheck(
-        decision, snapshot_row, check_row, _views_error(counters.views, decision, state)
-    )
+    return PlannedCheck(decision, check_row, _views_error(counters.views, decision, state))
 
 
 def _views_error(observed: int | None, decision: Decision, state: PostState | None) -> int | None:
@@ -421,7 +407,6 @@ class Collector:
         `states` are the posts' check rows as already read under the claim; without
         them they are read here, in one statement.
         """
-        snapshot_rows: list[dict[str, Any]] = []
         check_rows: list[dict[str, Any]] = []
         if states is None:
             states = repository.load_post_states(connection, [o.key for o in observations])
@@ -432,11 +417,8 @@ class Collector:
                 continue
             planned = plan_check(observation, state, self.profile)
             stats.record_check(planned.decision, planned.views_error)
-            if planned.snapshot_row is not None:
-                snapshot_rows.append(planned.snapshot_row)
             check_rows.append(planned.check_row)
-        repository.insert_snapshots(connection, snapshot_rows)
-        repository.upsert_checks(connection, check_rows)
+        repository.write_checks(connection, check_rows)
 
     @staticmethod
     def _log_batch(stats: CollectionStats, started: float) -> None:

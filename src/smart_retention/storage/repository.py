@@ -6,7 +6,7 @@ multi-row insert of snapshots, one multi-row upsert of check rows. None of them 
 """
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -171,13 +171,11 @@ def lock_due_posts(
         params["through_channel_id"], params["through_msg_id"] = through
     query = _claim_query(len(windows), after is not None, through is not None)
     if connection.dialect.name == "postgresql":
-        # As driver SQL, for the reason given in load_post_states.
-        rows = connection.exec_driver_sql(_postgresql_sql(query), params).all()
+        rows = _driver_rows(connection, _postgresql_sql(query), params)
     else:
         rows = connection.execute(query, params).all()
-    return [
-        LockedPost(PostKey(channel_id, msg_id), posted_at) for channel_id, msg_id, posted_at in rows
-    ]
+    make_locked, make_key = LockedPost._make, PostKey._make
+    return [make_locked((make_key(row[:2]), row[2])) for row in rows]
 
 
 def claim_locked_posts(
@@ -330,34 +328,56 @@ def load_post_states(connection: Connection, keys: Sequence[PostKey]) -> dict[Po
         # Two arrays, not an IN list: PostgreSQL turns a long (a, b) IN (...) list into
         # an OR chain tested against every row.
         params: dict[str, Any] = {
-            "channel_ids": [key.channel_id for key in keys],
-            "msg_ids": [key.msg_id for key in keys],
+            "channel_ids": _bigint_array_literal([key.channel_id for key in keys]),
+            "msg_ids": _bigint_array_literal([key.msg_id for key in keys]),
         }
-        # As driver SQL: psycopg already gives aware datetimes (UTC: the session's
-        # TimeZone, see storage/engine.py) and parsed JSON, so SQLAlchemy's per-value
-        # result processing would only repeat that work, a few values per check.
-        rows = connection.exec_driver_sql(_POSTGRESQL_STATES_SQL, params).all()
+        rows = _driver_rows(connection, _POSTGRESQL_STATES_SQL, params)
     else:
         rows = connection.execute(_post_states_query(), {"keys": [tuple(k) for k in keys]})
-    # Spelled out, not through a helper: this runs once per check.
+    # Rows are (key, check row, last observed, snapshot time, last stored), in the order
+    # of _STATE_COLUMNS. Sliced and built with `_make`, not unpacked into a call: this
+    # runs once per check, and a named tuple's constructor costs twice its `_make`.
+    make_key, make_state, make_counters = PostKey._make, PostState._make, Counters._make
     states = {}
-    for (
-        channel_id, msg_id, last_checked_at, last_changed_at, last_saved_at,
-        checks_since_save, stable_since, policy_state,
-        last_views, last_forwards, last_reactions, last_replies,
-        snapshot_time, views, forwards, reactions, replies,
-    ) in rows:  # fmt: skip
-        states[PostKey(channel_id, msg_id)] = PostState(
-            last_checked_at,
-            last_changed_at,
-            last_saved_at,
-            checks_since_save,
-            stable_since,
-            Counters(last_views, last_forwards, last_reactions, last_replies),
-            None if snapshot_time is None else Counters(views, forwards, reactions, replies),
-            policy_state,
+    for row in rows:
+        last_checked_at, last_changed_at, last_saved_at, checks_since_save, stable_since = row[2:7]
+        states[make_key(row[:2])] = make_state(
+            (
+                last_checked_at,
+                last_changed_at,
+                last_saved_at,
+                checks_since_save,
+                stable_since,
+                make_counters(row[8:12]),
+                None if row[12] is None else make_counters(row[13:17]),
+                row[7],  # policy_state
+            )
         )
     return states
+
+
+def _driver_rows(connection: Connection, sql: str, params: Mapping[str, Any]) -> list[tuple]:
+    """Run driver SQL on psycopg's own cursor and return its plain tuples.
+
+    psycopg already gives aware datetimes (UTC: the session's TimeZone, see
+    storage/engine.py) and parsed JSON, so SQLAlchemy's result rows and per-value
+    processing would only repeat that work, a few values per check.
+    """
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _bigint_array_literal(values: Sequence[int]) -> str:
+    """`values` as a PostgreSQL array literal, for a `%s::bigint[]` parameter.
+
+    psycopg dumps a list parameter element by element in Python, a tenth of a batch's
+    client time; joining the decimal digits in one call costs a few percent of that.
+    The values are ints (PostKey fields), so the literal holds nothing but digits,
+    signs and commas.
+    """
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _last_stored_snapshot_of(checks: Any) -> Any:
@@ -431,22 +451,42 @@ def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> 
         connection.execute(_insert_statement(connection.dialect.name, False), list(rows))
 
 
-def upsert_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert or update check rows.
+def write_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Write one batch of checks: their check rows, and the snapshots they stored.
 
-    Each row carries `check_count` 1 and `save_count` 0 or 1; on conflict they are added
-    to the stored counts in SQL rather than overwritten, so no increment is lost to a
-    concurrent writer. PostgreSQL: the rows are copied into a temporary staging table
-    (COPY has no ON CONFLICT), then merged by one INSERT ... SELECT ... ON CONFLICT.
+    Each row is a check row as the collector plans it, with `check_count` 1 and
+    `save_count` 1 for a check that stored its observation, 0 otherwise; such a check's
+    snapshot is its observed values (`last_views`, ...) at `last_checked_at`, so it is
+    not sent a second time. Counts are added to the stored ones in SQL rather than
+    overwritten, so no increment is lost to a concurrent writer.
+
+    PostgreSQL: the rows are copied into a temporary staging table (COPY has no ON
+    CONFLICT), then one statement inserts the snapshots and merges the check rows. The
+    claim's lock means no other writer stores the same post's snapshot meanwhile.
+    Elsewhere: one insert of the snapshots, one upsert of the check rows.
     """
     if not rows:
         return
     if connection.dialect.name == "postgresql":
         connection.execute(_CREATE_CHECKS_STAGING)
         _copy_rows(connection, _STAGED_CHECKS.name, post_metrics_checks, rows)
-        connection.execute(_upsert_staged_checks_statement())
-    else:
-        connection.execute(_upsert_checks_statement(connection.dialect.name, False), list(rows))
+        connection.execute(_merge_staged_checks_statement())
+        return
+    snapshots = [_stored_snapshot(row) for row in rows if row["save_count"]]
+    if snapshots:
+        connection.execute(_insert_statement(connection.dialect.name, False), snapshots)
+    connection.execute(_upsert_checks_statement(connection.dialect.name, False), list(rows))
+
+
+def _stored_snapshot(check_row: Mapping[str, Any]) -> dict[str, Any]:
+    """The snapshot a check row's check stored: its observed values at its time."""
+    snapshot = {name: check_row[f"last_{name}"] for name in COUNTER_NAMES}
+    snapshot.update(
+        channel_id=check_row["channel_id"],
+        msg_id=check_row["msg_id"],
+        snapshot_time=check_row["last_checked_at"],
+    )
+    return snapshot
 
 
 # Binary COPY needs each column's PostgreSQL type; psycopg knows them by these names.
@@ -503,13 +543,28 @@ _CREATE_CHECKS_STAGING = text(
 
 
 @lru_cache(maxsize=1)
-def _upsert_staged_checks_statement() -> Insert:
-    table = post_metrics_checks
-    names = [column.name for column in table.columns]
-    statement = postgresql.insert(table).from_select(
-        names, select(*(_STAGED_CHECKS.c[name] for name in names))
+def _merge_staged_checks_statement() -> Insert:
+    """INSERT the staged checks' snapshots (a data-modifying WITH), then merge the staged
+    check rows into post_metrics_checks: one statement for the whole batch."""
+    staged = _STAGED_CHECKS
+    stored = (
+        postgresql.insert(post_metrics)
+        .from_select(
+            ["channel_id", "msg_id", "snapshot_time", *COUNTER_NAMES],
+            select(
+                staged.c.channel_id,
+                staged.c.msg_id,
+                staged.c.last_checked_at,
+                *(staged.c[f"last_{name}"] for name in COUNTER_NAMES),
+            ).where(staged.c.save_count == 1),
+        )
+        .cte("stored_snapshots")
     )
-    return _add_counts_on_conflict(statement)
+    names = [column.name for column in post_metrics_checks.columns]
+    merge = postgresql.insert(post_metrics_checks).from_select(
+        names, select(*(staged.c[name] for name in names))
+    )
+    return _add_counts_on_conflict(merge).add_cte(stored)
 
 
 def _execute_rows(
