@@ -267,14 +267,18 @@ def test_an_empty_database_is_migrated_without_adoption(bare_engine: Engine) -> 
 def test_a_legacy_database_is_stamped_with_the_revision_its_tables_match(
     bare_engine: Engine,
 ) -> None:
-    """Every revision, not just the first: adoption finds the one whose tables match."""
-    for revision, _ in revision_layouts():
+    """Every revision, not just the first: adoption finds the oldest one whose tables
+    match (a revision that changes no table or column, as 0004, has the layout of the
+    one before it) and runs the migrations after it."""
+    layouts = revision_layouts()
+    for revision, layout in layouts:
+        oldest_alike = next(other for other, same in layouts if same == layout)
         migrate.upgrade(bare_engine, revision)
         with bare_engine.begin() as connection:
             connection.execute(text("DROP TABLE alembic_version"))
         result = migrate_to_head(bare_engine)
-        assert result.adopted == revision
-        assert f"stamped {revision}" in result.describe()
+        assert result.adopted == oldest_alike
+        assert f"stamped {oldest_alike}" in result.describe()
         assert migrate.current_revision(bare_engine) == HEAD
         migrate.downgrade(bare_engine, "base")
         with bare_engine.begin() as connection:

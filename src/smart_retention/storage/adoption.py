@@ -101,9 +101,16 @@ def _layout(engine: Engine, known: frozenset[str] | None) -> Layout:
 
 
 def matching_revision(layout: Layout) -> str | None:
-    """The newest revision whose tables and columns are exactly `layout`'s."""
+    """The oldest revision whose tables and columns are exactly `layout`'s.
+
+    A migration that changes no table or column (0004 drops an index and sets a
+    storage parameter) leaves the same layout as the revision before it, and tables
+    alone cannot tell the two apart. The oldest is the safe pick: the later migrations
+    are run, and such migrations are written to be idempotent, so they do nothing where
+    their change is already made.
+    """
     matches = [revision for revision, expected in revision_layouts() if expected == layout]
-    return matches[-1] if matches else None
+    return matches[0] if matches else None
 
 
 def layout_differences(layout: Layout, expected: Layout) -> list[str]:

@@ -110,7 +110,8 @@ post_metrics_checks = Table(
     ForeignKeyConstraint(
         ["channel_id", "msg_id"], ["posts.channel_id", "posts.msg_id"], ondelete="CASCADE"
     ),
-    Index("ix_post_metrics_checks_last_checked_at", "last_checked_at"),
+    # No index but the key: every check rewrites the row, and an index on a column it
+    # changes (last_checked_at) would rule out PostgreSQL's in-place updates (0004).
 )
 
 # One row (id 1) that the database keeps equal to the sums over `posts` and
