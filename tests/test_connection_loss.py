@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
@@ -137,3 +138,85 @@ def test_a_connection_cut_on_every_attempt_fails_the_cycle_and_keeps_committed_b
     ).run_cycle(T0)
     assert rest.checks == POSTS - BATCH_SIZE
     assert _rows(collector_engine) == (POSTS, POSTS, POSTS)
+
+
+def _cut_before(
+    monkeypatch: pytest.MonkeyPatch, admin: Engine, method: str, starts_with: str, on: int
+) -> list[str]:
+    """Terminate the collector's backends just before the `on`-th statement that psycopg's
+    `Cursor.<method>` is given starting with `starts_with` (the claim's lock, the state
+    read, the COPY of the check rows: what the collector sends past SQLAlchemy)."""
+    seen: list[str] = []
+    real = getattr(psycopg.Cursor, method)
+
+    def cutting(cursor: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(statement).startswith(starts_with):
+            seen.append(str(statement))
+            if len(seen) == on:
+                with admin.begin() as connection:
+                    connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": APPLICATION},
+                    )
+        return real(cursor, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, method, cutting)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("method", "starts_with"),
+    [
+        ("execute", "SELECT posts.channel_id"),  # the claim's lock
+        ("execute", "SELECT c.channel_id"),  # the state read under the lock
+        ("copy", "COPY staged_post_metrics_checks"),  # the batch's check rows
+    ],
+)
+def test_a_connection_cut_in_any_statement_of_a_batch_is_retried(
+    collector_engine: Engine,
+    admin: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    starts_with: str,
+) -> None:
+    seen = _cut_before(monkeypatch, admin, method, starts_with, on=2)
+    source = _ConnectionCuttingSource(admin, cut_on_fetches=set())
+    collector = Collector(collector_engine, source, batch_size=BATCH_SIZE, workers=1)
+    stats = collector.run_cycle(T0)
+    assert len(seen) > 2  # the cut statement was sent again, on a new connection
+    assert (stats.checks, stats.saved) == (POSTS, POSTS)
+    assert _rows(collector_engine) == (POSTS, POSTS, POSTS)
+
+
+def test_a_connection_cut_in_a_copy_on_every_attempt_is_reported_as_a_database_error(
+    collector_engine: Engine, admin: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What fails past SQLAlchemy fails as SQLAlchemy's error, naming the statement."""
+    real_copy = psycopg.Cursor.copy
+
+    def always_cut(cursor: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        with admin.begin() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": APPLICATION},
+            )
+        return real_copy(cursor, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", always_cut)
+    collector = Collector(
+        collector_engine,
+        _ConnectionCuttingSource(admin, cut_on_fetches=set()),
+        batch_size=BATCH_SIZE,
+        workers=1,
+    )
+    with pytest.raises(DBAPIError, match="COPY staged_post_metrics_checks") as raised:
+        collector.run_cycle(T0)
+    assert raised.value.connection_invalidated
+    monkeypatch.undo()
+    assert _rows(collector_engine) == (0, 0, 0)

@@ -27,7 +27,7 @@ from smart_retention.sources import FetchResult, Source
 from smart_retention.storage import channels as channel_store
 from smart_retention.storage import outcomes, repository
 from smart_retention.storage.engine import write_transaction
-from smart_retention.storage.repository import ClaimedPost, PostState
+from smart_retention.storage.repository import ClaimedPost, LockedPost, PostState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -356,10 +356,14 @@ class Collector:
         stats = CollectionStats(batches=1)
         try:
             with write_transaction(self.engine) as connection:
-                claimed = pages.claim(connection, page)
-                if claimed is None:
+                locked = pages.lock(connection, page)
+                if locked is None:
                     return None
-                page, claimed_posts = claimed
+                # Known from here on, so a failure below retries this page, not the next.
+                page, locked_posts = locked
+                claimed_posts = repository.claim_locked_posts(
+                    connection, locked_posts, pages.windows
+                )
                 keys = [post.key for post in claimed_posts]
                 # Every post on the page may have been checked meanwhile by another collector.
                 fetched = self._fetch(keys, now) if keys else FetchResult()
@@ -402,7 +406,8 @@ class Collector:
         stats: CollectionStats,
         states: Mapping[PostKey, PostState] | None = None,
     ) -> None:
-        """Decide every observation and write the batch: one insert, one upsert.
+        """Decide every observation and write the batch's snapshots and check rows
+        (`repository.write_checks`: a fixed number of statements per batch).
 
         `states` are the posts' check rows as already read under the claim; without
         them they are read here, in one statement.
@@ -484,7 +489,7 @@ class _DuePages:
         batch_size: int,
         on_full_page: Callable[[], None] | None = None,
     ) -> None:
-        self._windows = windows
+        self.windows = windows
         self._batch_size = batch_size
         # Called once, by the worker that claims the first full page (more may follow).
         self._on_full_page = on_full_page
@@ -496,20 +501,21 @@ class _DuePages:
         with self._lock:
             self._done = True
 
-    def claim(
+    def lock(
         self, connection: Connection, page: _Page | None
-    ) -> tuple[_Page, list[ClaimedPost]] | None:
-        """Claim `page` again, or else the next page; None when no due post is left.
+    ) -> tuple[_Page, list[LockedPost]] | None:
+        """Lock `page` again, or else the next page; None when no due post is left.
 
-        Only the locking statement runs under the lock, so the next worker's claim
-        waits for it alone; the state read that completes the claim runs in parallel.
+        The first half of a claim (`repository.lock_due_posts`). Only the locking
+        statement runs under the lock, so the next worker's claim waits for it alone;
+        the state read that completes the claim runs in parallel.
         """
         if page is None:
             with self._lock:
                 if self._done:
                     return None
                 locked = repository.lock_due_posts(
-                    connection, self._windows, self._after, self._batch_size
+                    connection, self.windows, self._after, self._batch_size
                 )
                 if not locked:
                     self._done = True
@@ -527,9 +533,9 @@ class _DuePages:
                 on_full_page()
         else:
             locked = repository.lock_due_posts(
-                connection, self._windows, page.after, self._batch_size, through=page.through
+                connection, self.windows, page.after, self._batch_size, through=page.through
             )
-        return page, repository.claim_locked_posts(connection, locked, self._windows)
+        return page, locked
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

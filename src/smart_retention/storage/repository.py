@@ -1,12 +1,15 @@
 """Set-based reads and writes for the collector.
 
 Every function works on a whole batch with a fixed number of statements, whatever the
-batch size: one read of the check rows joined to their last stored snapshots, one
-multi-row insert of snapshots, one multi-row upsert of check rows. None of them commits.
+batch size: one read of the check rows joined to their last stored snapshots, then the
+writes: on SQLite one multi-row insert of snapshots and one multi-row upsert of check
+rows; on PostgreSQL one COPY of the check rows into a staging table and one statement
+that inserts the snapshots and merges the check rows. None of them commits.
 """
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -35,6 +38,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 
 from smart_retention.observation import Counters, PostInfo, PostKey
@@ -363,10 +367,30 @@ def _driver_rows(connection: Connection, sql: str, params: Mapping[str, Any]) ->
     storage/engine.py) and parsed JSON, so SQLAlchemy's result rows and per-value
     processing would only repeat that work, a few values per check.
     """
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor:
+    with _driver_cursor(connection, sql) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+@contextmanager
+def _driver_cursor(connection: Connection, statement: str) -> Iterator[Any]:
+    """psycopg's own cursor on `connection`, its errors raised as SQLAlchemy raises a
+    statement's: a DBAPIError, with the connection invalidated when it was lost. The
+    collector tries a batch again on exactly that (`connection_invalidated`), whichever
+    statement the connection was lost in."""
+    dialect = connection.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    driver_connection = connection.connection.driver_connection
+    try:
+        with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            yield cursor
+    except dbapi_error as error:
+        lost = dialect.is_disconnect(error, driver_connection, None)
+        if lost:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            statement, None, error, dbapi_error, connection_invalidated=lost, dialect=dialect
+        ) from error
 
 
 def _bigint_array_literal(values: Sequence[int]) -> str:
@@ -508,10 +532,10 @@ def _copy_rows(
     names = [column.name for column in table.columns]
     types = [_copy_type_name(column) for column in table.columns]
     values = itemgetter(*names)
+    statement = _copy_statement(target, tuple(names))
     # No naive datetime gets here (observations are validated, states come from the
     # database), and psycopg's timestamptz dumper refuses one anyway.
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor, cursor.copy(_copy_statement(target, tuple(names))) as copy:
+    with _driver_cursor(connection, statement) as cursor, cursor.copy(statement) as copy:
         copy.set_types(types)
         for row in rows:
             copy.write_row(values(row))
