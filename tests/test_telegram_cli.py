@@ -344,6 +344,21 @@ def test_channels_list_needs_no_telegram_settings(no_account: Path) -> None:
     assert "no tracked channels" in result.stdout
 
 
+def test_channels_list_and_remove_create_no_database_where_there_is_none(
+    no_account: Path,
+) -> None:
+    database = no_account / "db.sqlite3"
+    listed = invoke("channels", "list")
+    assert listed.exit_code == 0, listed.stderr
+    assert f"no tracked channels (no database at {database} yet)" in listed.stdout
+    as_json = invoke("channels", "list", "--json")
+    assert (as_json.exit_code, json.loads(as_json.stdout)) == (0, [])
+    removed = invoke("channels", "remove", "@RecSysChannel")
+    assert removed.exit_code == 2
+    assert f"SQLite database {database} does not exist (nothing was created)" in removed.stderr
+    assert not database.exists()
+
+
 def test_credentials_never_show_the_hash_or_session() -> None:
     from smart_retention.config import Settings
     from smart_retention.sources.telegram.credentials import telegram_credentials

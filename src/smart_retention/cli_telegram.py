@@ -53,7 +53,7 @@ from smart_retention.storage.channels import (
     save_channel,
     untrack_channel,
 )
-from smart_retention.storage.engine import make_engine
+from smart_retention.storage.engine import check_sqlite_file, make_engine, sqlite_file
 
 telegram_app = typer.Typer(help="The Telegram account the source reads as.", no_args_is_help=True)
 channels_app = typer.Typer(
@@ -93,8 +93,13 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(error.exit_code) from None
 
 
-def _engine(db: str | None) -> Engine:
-    engine = make_engine(db or load_settings().database_url)
+def _engine(db: str | None, *, must_exist: bool = False) -> Engine:
+    """The migrated engine of --db or the setting. With `must_exist`, a SQLite path
+    naming no file is refused: listing or removing channels there would create an empty
+    database (adding the first channel may)."""
+    url = db or load_settings().database_url
+    check_sqlite_file(url, must_exist=must_exist)
+    engine = make_engine(url)
     migrate.upgrade(engine)
     return engine
 
@@ -329,7 +334,22 @@ def list_tracked(
 ) -> None:
     """The tracked channels, with their posts and any rate-limit deferral."""
     with _user_errors():
-        engine = _engine(db)
+        url = db or load_settings().database_url
+        missing = sqlite_file(url)
+        if missing is not None and not missing.exists():
+            # Nothing is tracked in a database that is not there; listing creates none.
+            if as_json:
+                print("[]")
+            else:
+                console.print(
+                    f"no tracked channels (no database at {missing} yet); add one with "
+                    "'smart-retention channels add @name'",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return
+        engine = _engine(url)
         with engine.connect() as connection:
             listings = list_channels(connection)
     rows = [
@@ -408,7 +428,7 @@ def remove_channel(
     are no longer polled (their deleted_at is set), and adding it again resumes them."""
     with _user_errors():
         ref = parse_channel_ref(channel)
-        engine = _engine(db)
+        engine = _engine(db, must_exist=True)
         with engine.begin() as connection:
             found = find_channel(connection, ref)
             if found is None:
