@@ -616,3 +616,15 @@ def test_a_report_or_downgrade_of_a_missing_sqlite_file_creates_nothing(
     assert "Traceback" not in result.stderr
     assert f"SQLite database {missing} does not exist (nothing was created)" in result.stderr
     assert not missing.exists()
+
+
+def test_an_unknown_log_level_is_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMART_RETENTION_LOG_LEVEL", "bogus")
+    result = run_cli("db", "current", "--db", f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: SMART_RETENTION_LOG_LEVEL: Value error, 'bogus' is not a log level; "
+        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )

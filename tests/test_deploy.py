@@ -659,6 +659,15 @@ FRESH_USER_MISTAKES = [
      "postgresql are"),
     (["db", "upgrade", "--db", "mysql://x@localhost/db"],
      "error: database URL mysql://x@localhost/db: mysql is not supported"),
+    (["db", "upgrade", "--db", "postgresql+psycopg2://x@localhost/db"],
+     "error: database URL postgresql+psycopg2://x@localhost/db: driver psycopg2 is not "
+     "supported; PostgreSQL is reached through psycopg 3"),
+    (["stats", "--db", "postgresql+asyncpg://x@localhost/db"],
+     "error: database URL postgresql+asyncpg://x@localhost/db: driver asyncpg is not "
+     "supported"),
+    (["stats", "--db", "postgresql://x:secret@localhost:abc/db"],
+     "error: database URL cannot be read (invalid literal for int() with base 10: 'abc'); "
+     "check its host and port"),
     (["deploy", "--yes", "--batch-size", "99999999999999999999", "--db", "{db}"],
      "1000000"),
     (["db", "stamp", "0001", "--db", "sqlite:///{missing}"],

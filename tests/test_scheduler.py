@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 from typer.testing import CliRunner
 
 from smart_retention import cli
@@ -24,6 +26,7 @@ from smart_retention.errors import UserError
 from smart_retention.observation import PostKey
 from smart_retention.schedule import DEFAULT_TIERS
 from smart_retention.scheduler import (
+    DATABASE_RETRY_S,
     EmbeddedScheduler,
     plan_slices,
     register_discovered,
@@ -265,6 +268,85 @@ def test_the_embedded_scheduler_runs_each_tier_at_its_interval(engine: Engine) -
     assert summary.runs == len(runs) and summary.stopped
     assert summary.checks > 0
     assert all(wait > 0 for wait in clock.waits), "it never spins"
+
+
+class _DatabaseCuttingSource:
+    """The synthetic source, but its first announcement of posts ends every connection of
+    the collector's engine first (as a database restart would)."""
+
+    def __init__(self, admin: Engine, application: str) -> None:
+        self.inner = _synthetic()
+        self.admin, self.application = admin, application
+        self.cuts = 0
+
+    def discover(self, now: datetime) -> Any:
+        if not self.cuts:
+            self.cuts += 1
+            with self.admin.begin() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = :name"
+                    ),
+                    {"name": self.application},
+                )
+        return self.inner.discover(now)
+
+    def fetch(self, keys: Any, now: datetime) -> FetchResult:
+        return self.inner.fetch(keys, now)
+
+
+def test_the_scheduler_outlives_a_lost_database_and_tries_the_tier_again(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    application = "smart-retention-scheduler-test"
+    url = make_url(postgres_database_url)
+    engine = make_engine(
+        url.difference_update_query(["options"]).render_as_string(hide_password=False),
+        connect_args={"application_name": application, "options": url.query["options"]},
+    )
+    admin = make_engine(postgres_database_url)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as connection:  # a pooled connection for the cut to end
+            connection.execute(text("SELECT 1"))
+        stop = Event()
+        clock = _Clock(stop, until_s=DATABASE_RETRY_S + 1)
+        stop.wait = clock.wait  # type: ignore[method-assign]
+        runs: list[tuple[str, float]] = []
+        source = _DatabaseCuttingSource(admin, application)
+        scheduler = EmbeddedScheduler(
+            engine,
+            source,
+            batch_size=BATCH_SIZE,
+            tiers=[tier for tier in DEFAULT_TIERS if tier.name == "daily"],
+            stop=stop,
+            monotonic=clock.monotonic,
+            wall_clock=lambda: NOW,
+            on_run=lambda run: runs.append((run.tier, clock.now_s)),
+        )
+        summary = scheduler.run()
+        # The first run lost its connection and was tried again DATABASE_RETRY_S later.
+        assert (summary.failed_runs, runs) == (1, [("daily", DATABASE_RETRY_S)])
+        assert _state(engine) == _reference_state(tmp_path, ["daily"])
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def test_the_scheduler_stops_on_a_database_error_that_would_come_back(
+    postgres_database_url: str,
+) -> None:
+    engine = make_engine(postgres_database_url)
+    try:
+        migrate.upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE post_metrics_checks CASCADE"))
+        # Not a lost connection: the same failure would come back, so it is raised.
+        with pytest.raises(ProgrammingError):
+            EmbeddedScheduler(engine, _synthetic(), batch_size=BATCH_SIZE).run()
+    finally:
+        engine.dispose()
 
 
 def test_once_runs_every_tier_one_time_and_returns(engine: Engine) -> None:

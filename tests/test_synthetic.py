@@ -208,7 +208,11 @@ def test_the_scaled_demo_polls_the_synthetic_source_and_reports_what_it_stored(
     url = f"sqlite:///{tmp_path / 'scaled.sqlite3'}"
     options = ("--channels", "2", "--posts-per-channel", "3", "--days", "1", "--json")
     first = run_demo(*options, "--db", url)
-    second = run_demo(*options, "--db", url)
+    refused = run_demo(*options, "--db", url)
+    second = run_demo(*options, "--db", url, "--replace")
+
+    assert refused.exit_code == 2
+    assert "already holds posts of the demo's channel(s) 2000001, 2000002" in refused.output
 
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
@@ -231,3 +235,24 @@ def test_the_scaled_demo_refuses_posts_meant_for_the_single_channel_demo() -> No
 
     assert result.exit_code == 2
     assert "--posts-per-channel" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--channels", "100001"), "100000"),
+        (("--posts-per-channel", "1000001"), "1000000"),
+        (("--channels", "20000", "--posts-per-channel", "1000"), "at most 10,000,000 in all"),
+        (("--channels", "99999999999999999999"), "--channels"),
+        (("--days", "3651"), "3650"),
+        (("--posts", "1001"), "1000"),
+    ],
+)
+def test_the_demo_refuses_a_model_too_large_to_run_in_one_line(
+    args: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    result = run_demo(*args, "--db", f"sqlite:///{tmp_path / 'never.sqlite3'}")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "never.sqlite3").exists()

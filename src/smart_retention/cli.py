@@ -35,7 +35,12 @@ from smart_retention.cli_telegram import channels_app, telegram_app
 from smart_retention.collector import BracketStats, CollectionStats, Collector
 from smart_retention.config import load_settings
 from smart_retention.demo import ChannelModel, synthetic_recording
-from smart_retention.errors import StrictModeRejection, UserError
+from smart_retention.errors import (
+    InvalidOption,
+    ReplayTargetNotEmpty,
+    StrictModeRejection,
+    UserError,
+)
 from smart_retention.importer import DEFAULT_BATCH_SIZE as IMPORT_BATCH_SIZE
 from smart_retention.importer import ImportReport, PostedAt, run_import
 from smart_retention.policy import Profile
@@ -48,6 +53,7 @@ from smart_retention.replay import (
     align_to_tick,
     run_replay,
 )
+from smart_retention.sources import synthetic
 from smart_retention.sources.recording import (
     parse_column_mapping,
     read_recording,
@@ -76,6 +82,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 DEMO_DATABASE_FILE = "smart-retention-demo.sqlite3"
 DEMO_MODEL = ChannelModel()
+# The single-channel demo keeps its whole poll log in memory (posts x days x 144 polls).
+DEMO_MAX_POSTS = 1_000
 # How many rejection messages a report prints; the count is always complete.
 REJECTIONS_SHOWN = 20
 
@@ -259,15 +267,25 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic channel.")] = DEMO_MODEL.seed,
     posts: Annotated[
         int | None,
-        typer.Option(help="Posts in the channel.", min=1, show_default=str(DEMO_MODEL.posts)),
+        typer.Option(
+            help="Posts in the channel (its whole poll log is kept in memory; for more, "
+            "scale out with --channels).",
+            min=1,
+            max=DEMO_MAX_POSTS,
+            show_default=str(DEMO_MODEL.posts),
+        ),
     ] = None,
-    days: Annotated[int, typer.Option(help="Days of history.", min=1)] = DEMO_MODEL.days,
+    days: Annotated[
+        int, typer.Option(help="Days of history.", min=1, max=synthetic.MAX_DAYS)
+    ] = DEMO_MODEL.days,
     channels: Annotated[
         int | None,
         typer.Option(
             help="Scale out: this many synthetic channels, polled live on the schedule "
-            "(no poll log is kept in memory).",
+            f"(no poll log is kept in memory; at most {synthetic.MAX_TOTAL_POSTS:,} posts "
+            "in all).",
             min=1,
+            max=synthetic.MAX_CHANNELS,
         ),
     ] = None,
     posts_per_channel: Annotated[
@@ -276,6 +294,7 @@ def demo(
             "--posts-per-channel",
             help="Scale out: posts per channel.",
             min=1,
+            max=synthetic.MAX_POSTS_PER_CHANNEL,
             show_default=str(DEMO_MODEL.posts),
         ),
     ] = None,
@@ -284,6 +303,14 @@ def demo(
         str | None,
         typer.Option("--db", help=f"Database URL (default: ./{DEMO_DATABASE_FILE}, recreated)."),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="With --db: delete the demo's channels there first (else a database that "
+            "holds them is refused).",
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic channel, replay its poll log, and report. Needs nothing.
 
@@ -303,21 +330,24 @@ def demo(
         if scaled:
             channels = channels or 1
             posts_per_channel = posts_per_channel or DEMO_MODEL.posts
-            source = SyntheticSource(
-                channels, posts_per_channel, days, seed=seed, start=DEMO_MODEL.start
-            )
-            report = _scaled_demo_with_progress(_engine(db), source, quiet=as_json)
+            try:
+                source = SyntheticSource(
+                    channels, posts_per_channel, days, seed=seed, start=DEMO_MODEL.start
+                )
+            except ValueError as error:
+                raise InvalidOption(f"demo: {error}") from None
+            report = _scaled_demo_with_progress(_engine(db), source, replace, quiet=as_json)
             title = (
-                f"demo: {channels:,} channels x {posts_per_channel:,} posts over {days} days, "
-                "polled on the schedule"
+                f"demo: {_count(channels, 'channel')} x {_count(posts_per_channel, 'post')} "
+                f"over {_count(days, 'day')}, polled on the schedule"
             )
         else:
             posts = posts or DEMO_MODEL.posts
             recording = synthetic_recording(ChannelModel(seed=seed, posts=posts, days=days))
             report = _replay_with_progress(
-                _engine(db), recording, ReplayOptions(replace=True), quiet=as_json
+                _engine(db), recording, ReplayOptions(replace=replace), quiet=as_json
             )
-            title = f"demo: {posts} posts over {days} days, polled every 10 min"
+            title = f"demo: {_count(posts, 'post')} over {_count(days, 'day')}, polled every 10 min"
     _print_report(report, as_json, title=title)
     if not as_json:
         console.print(f"stored in {db}")
@@ -343,9 +373,18 @@ def _replay_with_progress(
 
 
 def _scaled_demo_with_progress(
-    engine: Engine, source: SyntheticSource, quiet: bool
+    engine: Engine, source: SyntheticSource, replace: bool, quiet: bool
 ) -> ReplayReport:
     migrate.upgrade(engine)
+    with engine.begin() as connection:
+        present = repository.channel_ids_present(connection, source.channel_ids)
+        if present and not replace:
+            raise ReplayTargetNotEmpty(
+                f"the database already holds posts of the demo's channel(s) "
+                f"{_id_list(present)}; use another database, or pass --replace to delete "
+                "those channels first"
+            )
+        repository.delete_channels(connection, present)
     if quiet or not err_console.is_terminal:
         return _run_scaled_demo(engine, source, None)
     with Progress(
@@ -361,6 +400,15 @@ def _scaled_demo_with_progress(
         return _run_scaled_demo(engine, source, update)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def _id_list(ids: list[int], shown: int = 5) -> str:
+    listed = ", ".join(map(str, ids[:shown]))
+    return listed if len(ids) <= shown else f"{listed} and {len(ids) - shown:,} more"
+
+
 def _run_scaled_demo(
     engine: Engine, source: SyntheticSource, progress: ProgressCallback | None
 ) -> ReplayReport:
@@ -370,9 +418,6 @@ def _run_scaled_demo(
     the source's days; ticks at which nothing can be due are skipped, as in replay.
     """
     started = time.perf_counter()
-    with engine.begin() as connection:
-        present = repository.channel_ids_present(connection, source.channel_ids)
-        repository.delete_channels(connection, present)
     collector = Collector(engine, source, batch_size=load_settings().batch_size)
     tick = min(tier.interval for tier in collector.tiers)
     span = (source.end - source.start).total_seconds()
@@ -690,8 +735,9 @@ def run(
     for message in summary.messages:
         err_console.print(f"rejected: {message}", markup=False, highlight=False)
     ending = "stopped" if summary.stopped else "done"
+    failed = f", {summary.failed_runs} cut short by the database" if summary.failed_runs else ""
     console.print(
-        f"run {ending}: {summary.runs} tier runs, {summary.checks:,} checks, "
+        f"run {ending}: {summary.runs} tier runs{failed}, {summary.checks:,} checks, "
         f"{summary.saved:,} saved, {summary.rejected:,} rejected, {summary.seconds:.1f} s",
         markup=False,
         highlight=False,

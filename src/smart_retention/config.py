@@ -19,6 +19,9 @@ PLACEHOLDER_TOKENS = frozenset(
 PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "replace", "example", "your-", "xxx")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMART_RETENTION_",
@@ -121,6 +124,13 @@ class Settings(BaseSettings):
         le=600,
         description="A Telegram request with no answer after this long fails.",
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"{level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
 
     @field_validator("owner_tokens", "read_tokens", mode="before")
     @classmethod

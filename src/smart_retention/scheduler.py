@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from smart_retention.collector import DEFAULT_BATCH_SIZE, CollectionStats, Collector, chunked
 from smart_retention.observation import PostInfo, PostKey
@@ -48,6 +49,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REJECTIONS_KEPT = 20
 # Due posts are listed this many per query when a run is cut into slices.
 LISTING_PAGE_SIZE = 5000
+# After a tier run lost its database, `run` tries the tier again this much later.
+DATABASE_RETRY_S = 30.0
 
 
 def tiers_in_age_range(
@@ -142,10 +145,18 @@ def log_tier_run(summary: TierRunSummary) -> None:
     )
 
 
-def register_discovered(engine: Engine, source: Source, now: datetime, batch_size: int) -> int:
-    """Register the posts `source` announces at `now`, `batch_size` per transaction."""
+def register_discovered(
+    engine: Engine, source: Source, now: datetime, batch_size: int, stop: Event | None = None
+) -> int:
+    """Register the posts `source` announces at `now`, `batch_size` per transaction.
+
+    Raises RunStopped if `stop` is set between two of them: a source may announce
+    millions of posts, and the registered ones stay (registering is idempotent).
+    """
     discovered = 0
     for infos in chunked(source.discover(now), batch_size):
+        if stop is not None and stop.is_set():
+            raise RunStopped
         with engine.begin() as connection:
             repository.register_posts(connection, infos, now)
         discovered += len(infos)
@@ -263,12 +274,12 @@ def run_tier(
     """
     started = time.perf_counter()
     summary = TierRunSummary(tier=tier_label(tiers), now=now)
-    register_discovered(engine, source, now, batch_size)
-    for slice_tier in plan_slices(engine, tiers, now, batch_size):
-        try:
+    try:
+        register_discovered(engine, source, now, batch_size, stop)
+        for slice_tier in plan_slices(engine, tiers, now, batch_size):
             summary.add(collect_slice(engine, source, slice_tier, now, batch_size, stop))
-        except RunStopped:
-            break
+    except RunStopped:
+        pass
     if stop is not None and stop.is_set():
         summary.status = RunStatus.STOPPED
     summary.seconds = time.perf_counter() - started
@@ -286,6 +297,8 @@ class SchedulerSummary:
     rejected: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    # Tier runs cut short by a lost or unreachable database, each tried again later.
+    failed_runs: int = 0
     by_tier: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
@@ -337,9 +350,29 @@ class EmbeddedScheduler:
             for tier in self.tiers:
                 if self.stop.is_set() or deadlines[tier.name] > self.monotonic():
                     continue
-                run = run_tier(
-                    self.engine, self.source, [tier], self.wall_clock(), self.batch_size, self.stop
-                )
+                try:
+                    run = run_tier(
+                        self.engine,
+                        self.source,
+                        [tier],
+                        self.wall_clock(),
+                        self.batch_size,
+                        self.stop,
+                    )
+                except DBAPIError as error:
+                    if once or not _database_unreachable(error):
+                        raise
+                    # A daemon outlives a database restart: what was committed stays, the
+                    # tier's posts are still due, and the tier is tried again shortly.
+                    log.warning(
+                        "smart-run.tier_failed tier=%s retry_in_s=%.0f error=%r",
+                        tier.name,
+                        DATABASE_RETRY_S,
+                        str(error.orig).strip(),
+                    )
+                    summary.failed_runs += 1
+                    deadlines[tier.name] = self.monotonic() + DATABASE_RETRY_S
+                    continue
                 summary.add(run)
                 if self.on_run is not None:
                     self.on_run(run)
@@ -351,8 +384,10 @@ class EmbeddedScheduler:
         summary.stopped = self.stop.is_set()
         summary.seconds = self.monotonic() - started
         log.info(
-            "smart-run.done runs=%d checks=%d saved=%d rejected=%d stopped=%s seconds=%.3f",
+            "smart-run.done runs=%d failed_runs=%d checks=%d saved=%d rejected=%d stopped=%s "
+            "seconds=%.3f",
             summary.runs,
+            summary.failed_runs,
             summary.checks,
             summary.saved,
             summary.rejected,
@@ -360,6 +395,12 @@ class EmbeddedScheduler:
             summary.seconds,
         )
         return summary
+
+
+def _database_unreachable(error: DBAPIError) -> bool:
+    """A lost connection, or a server that does not answer: worth waiting out. Anything
+    else (a constraint, a missing table) would fail the same way again."""
+    return error.connection_invalidated or isinstance(error, OperationalError)
 
 
 @contextmanager

@@ -43,7 +43,11 @@ def create_app(
     """The API on `engine` (or on settings.database_url, disposed at shutdown)."""
     settings = settings or load_settings()
     owns_engine = engine is None
-    database = engine if engine is not None else make_engine(settings.database_url)
+    # Pre-ping: a pooled connection the server dropped (a restart, a failover) is
+    # replaced at checkout instead of failing the request that drew it.
+    database = (
+        engine if engine is not None else make_engine(settings.database_url, pool_pre_ping=True)
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -109,7 +109,7 @@ def _build_replay(argument: str, options: Mapping[str, str]) -> Source:
 
 
 def _build_synthetic(argument: str, options: Mapping[str, str]) -> Source:
-    from smart_retention.sources.synthetic import SyntheticSource
+    from smart_retention.sources.synthetic import SyntheticSource, check_size
 
     if argument:
         raise ValueError(f"synthetic takes options, not an argument ({argument!r})")
@@ -121,12 +121,16 @@ def _build_synthetic(argument: str, options: Mapping[str, str]) -> Source:
             f"{', '.join(sorted(known))}"
         )
     days = _float_option(options, "days", SYNTHETIC_DEFAULTS["days"])
+    channels = _int_option(options, "channels", SYNTHETIC_DEFAULTS["channels"])
+    posts = _int_option(options, "posts", SYNTHETIC_DEFAULTS["posts"])
+    # Before the default start is computed from days (a huge one overflows the date).
+    check_size(channels, posts, days)
     start = (
         _datetime_option(options, "start") if "start" in options else default_synthetic_start(days)
     )
     source = SyntheticSource(
-        _int_option(options, "channels", SYNTHETIC_DEFAULTS["channels"]),
-        _int_option(options, "posts", SYNTHETIC_DEFAULTS["posts"]),
+        channels,
+        posts,
         days,
         seed=_int_option(options, "seed", SYNTHETIC_DEFAULTS["seed"]),
         start=start,

@@ -33,6 +33,12 @@ from smart_retention.sources import FetchResult
 SYNTHETIC_START = datetime(2026, 1, 5, tzinfo=UTC)
 FIRST_CHANNEL_ID = 2_000_001
 DEFAULT_CHANGED_WINDOW = timedelta(hours=6)
+# How large a model may be: ten times the largest cycle the benchmarks run. A mistyped
+# size must fail at once, not register posts for hours (or without end).
+MAX_CHANNELS = 100_000
+MAX_POSTS_PER_CHANNEL = 1_000_000
+MAX_TOTAL_POSTS = 10_000_000
+MAX_DAYS = 3_650
 
 MICROSECONDS_PER_SECOND = 1_000_000
 MICROSECONDS_PER_HOUR = 3_600 * MICROSECONDS_PER_SECOND
@@ -67,6 +73,29 @@ def _mix(value: int) -> int:
     return value ^ (value >> 31)
 
 
+def check_size(channels: int, posts_per_channel: int, days: float) -> None:
+    """Refuse a model too small to exist or too large to run (the MAX_ bounds above)."""
+    if channels < 1 or posts_per_channel < 1:
+        raise ValueError(
+            f"channels and posts_per_channel must be at least 1, "
+            f"got {channels} and {posts_per_channel}"
+        )
+    if channels > MAX_CHANNELS:
+        raise ValueError(f"channels must be at most {MAX_CHANNELS:,}, got {channels:,}")
+    if posts_per_channel > MAX_POSTS_PER_CHANNEL:
+        raise ValueError(
+            f"posts per channel must be at most {MAX_POSTS_PER_CHANNEL:,}, "
+            f"got {posts_per_channel:,}"
+        )
+    if channels * posts_per_channel > MAX_TOTAL_POSTS:
+        raise ValueError(
+            f"{channels:,} channels x {posts_per_channel:,} posts is "
+            f"{channels * posts_per_channel:,} posts; at most {MAX_TOTAL_POSTS:,} in all"
+        )
+    if not 0 < days <= MAX_DAYS:  # also refuses NaN
+        raise ValueError(f"days must be more than 0 and at most {MAX_DAYS:,}, got {days}")
+
+
 class SyntheticSource:
     """`channels` x `posts_per_channel` posts published over `days`; see the module doc.
 
@@ -85,13 +114,7 @@ class SyntheticSource:
         changed_fraction: float = 0.0,
         changed_window: timedelta = DEFAULT_CHANGED_WINDOW,
     ) -> None:
-        if channels < 1 or posts_per_channel < 1:
-            raise ValueError(
-                f"channels and posts_per_channel must be at least 1, "
-                f"got {channels} and {posts_per_channel}"
-            )
-        if days <= 0:
-            raise ValueError(f"days must be positive, got {days}")
+        check_size(channels, posts_per_channel, days)
         if start.tzinfo is None:
             raise ValueError(f"start {start.isoformat()} has no timezone")
         if not 0.0 <= changed_fraction <= 1.0:

@@ -27,7 +27,7 @@ class UnsupportedDatabase(UserError):
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`; a plain `postgresql://` URL is routed to psycopg 3."""
-    parsed = make_url(url)
+    parsed = _parsed(url)
     if parsed.get_backend_name() not in SUPPORTED_BACKENDS and parsed.drivername != "postgres":
         raise UnsupportedDatabase(
             f"database URL {display_url(parsed)}: {parsed.get_backend_name()} is not "
@@ -36,6 +36,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    driver = parsed.get_driver_name()
+    if parsed.get_backend_name() == "postgresql" and driver != "psycopg":
+        # Only psycopg 3 is installed, and the COPY write path is written for it.
+        raise UnsupportedDatabase(
+            f"database URL {display_url(parsed)}: driver {driver} is not supported; "
+            "PostgreSQL is reached through psycopg 3 (postgresql:// or postgresql+psycopg://)"
+        )
     if parsed.get_backend_name() == "postgresql":
         parsed = _in_utc(parsed)
     engine = create_engine(parsed, **kwargs)
@@ -45,9 +52,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def _parsed(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ValueError as error:
+        # e.g. a port that is not a number; the URL may hold a password, so it is not shown.
+        raise UserError(f"database URL cannot be read ({error}); check its host and port") from None
+
+
 def sqlite_file(url: URL | str) -> Path | None:
     """The file a SQLite URL names; None for another database, memory or a file: URI."""
-    parsed = make_url(url) if isinstance(url, str) else url
+    parsed = _parsed(url) if isinstance(url, str) else url
     if parsed.get_backend_name() != "sqlite":
         return None
     database = parsed.database
@@ -75,7 +90,7 @@ def check_sqlite_file(url: URL | str, *, must_exist: bool) -> None:
 def display_url(url: URL | str) -> str:
     """The URL as a person should see it: the password masked, and without the TimeZone
     option make_engine adds for itself."""
-    parsed = make_url(url) if isinstance(url, str) else url
+    parsed = _parsed(url) if isinstance(url, str) else url
     options = parsed.query.get("options")
     if isinstance(options, str) and UTC_OPTION in options:
         rest = " ".join(options.replace(UTC_OPTION, " ").split())
