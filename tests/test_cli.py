@@ -628,3 +628,20 @@ def test_an_unknown_log_level_is_one_line_naming_the_setting(
         "error: SMART_RETENTION_LOG_LEVEL: Value error, 'bogus' is not a log level; "
         "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
     )
+
+
+def test_a_report_on_an_older_schema_says_to_upgrade(tmp_path: Path) -> None:
+    from smart_retention.storage import migrate
+    from smart_retention.storage.engine import make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine, "0002")
+    engine.dispose()
+    result = run_cli("stats", "--db", url)
+    assert result.returncode == 2
+    head = migrate.heads()[0]
+    assert result.stderr.strip() == (
+        f"error: the database is at revision 0002, the reports need {head}; run: "
+        "smart-retention db upgrade"
+    )

@@ -651,8 +651,16 @@ def _report_connection(db: str | None) -> Iterator[Any]:
     # A report reads: a mistyped SQLite path is an error, not a new empty database.
     engine = _engine(db, must_exist=True)
     try:
-        if migrate.current_revision(engine) is None:
+        current = migrate.current_revision(engine)
+        if current is None:
             raise UserError("the database has no schema yet; run: smart-retention db upgrade")
+        head = migrate.heads()[0]
+        if current != head:
+            # The figures read what later migrations add (the kept totals of 0003).
+            raise UserError(
+                f"the database is at revision {current}, the reports need {head}; run: "
+                "smart-retention db upgrade"
+            )
         with engine.connect() as connection:
             yield connection
     finally:
