@@ -36,6 +36,18 @@ def _recording() -> list[Observation]:
     ]
 
 
+def _cut_connections(admin: Engine) -> None:
+    """End every connection of the collector's engine, as a database restart would."""
+    with admin.begin() as connection:
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name"
+            ),
+            {"name": APPLICATION},
+        )
+
+
 class _ConnectionCuttingSource:
     """Cuts the collector's database connection while it fetches the chosen batches."""
 
@@ -51,14 +63,7 @@ class _ConnectionCuttingSource:
     def fetch(self, keys: Any, now: datetime) -> FetchResult:
         self.fetches += 1
         if self.fetches in self.cut_on_fetches:
-            with self.admin.begin() as connection:
-                connection.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = :name"
-                    ),
-                    {"name": APPLICATION},
-                )
+            _cut_connections(self.admin)
         return self.inner.fetch(keys, now)
 
 
@@ -153,14 +158,7 @@ def _cut_before(
         if str(statement).startswith(starts_with):
             seen.append(str(statement))
             if len(seen) == on:
-                with admin.begin() as connection:
-                    connection.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE application_name = :name"
-                        ),
-                        {"name": APPLICATION},
-                    )
+                _cut_connections(admin)
         return real(cursor, statement, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, method, cutting)
@@ -198,14 +196,7 @@ def test_a_connection_cut_in_a_copy_on_every_attempt_is_reported_as_a_database_e
     real_copy = psycopg.Cursor.copy
 
     def always_cut(cursor: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        with admin.begin() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = :name"
-                ),
-                {"name": APPLICATION},
-            )
+        _cut_connections(admin)
         return real_copy(cursor, statement, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "copy", always_cut)
