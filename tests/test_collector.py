@@ -85,7 +85,9 @@ def counted_statements(engine: Engine) -> Iterator[list[str]]:
     real_execute, real_copy = psycopg.Cursor.execute, psycopg.Cursor.copy
 
     def counted_execute(cursor: psycopg.Cursor, query: Any, *args: Any, **kwargs: Any) -> Any:
-        statements.append(str(query))
+        # The pool's pre-ping (an empty statement at checkout) is no data statement.
+        if str(query).strip() != ";":
+            statements.append(str(query))
         return real_execute(cursor, query, *args, **kwargs)
 
     def counted_copy(cursor: psycopg.Cursor, statement: Any, *args: Any, **kwargs: Any) -> Any:

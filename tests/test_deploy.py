@@ -665,6 +665,12 @@ FRESH_USER_MISTAKES = [
     (["stats", "--db", "postgresql+asyncpg://x@localhost/db"],
      "error: database URL postgresql+asyncpg://x@localhost/db: driver asyncpg is not "
      "supported"),
+    (["db", "upgrade", "--db", ""],
+     "error: --db is empty; give a database URL, or leave --db out to use "
+     "SMART_RETENTION_DATABASE_URL"),
+    (["db", "upgrade", "--db", "postgresql://x@localhost:5432/"],
+     "error: database URL postgresql+psycopg://x@localhost:5432/ names no database; end it "
+     "with /DBNAME"),
     (["stats", "--db", "postgresql://x:secret@localhost:abc/db"],
      "error: database URL cannot be read (invalid literal for int() with base 10: 'abc'); "
      "check its host and port"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from threading import Event
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from sqlalchemy.exc import ProgrammingError
 from typer.testing import CliRunner
 
 from smart_retention import cli
-from smart_retention.collector import Collector
+from smart_retention.collector import BATCH_ATTEMPTS, Collector
 from smart_retention.errors import UserError
 from smart_retention.observation import PostKey
 from smart_retention.schedule import DEFAULT_TIERS
@@ -270,35 +271,12 @@ def test_the_embedded_scheduler_runs_each_tier_at_its_interval(engine: Engine) -
     assert all(wait > 0 for wait in clock.waits), "it never spins"
 
 
-class _DatabaseCuttingSource:
-    """The synthetic source, but its first announcement of posts ends every connection of
-    the collector's engine first (as a database restart would)."""
-
-    def __init__(self, admin: Engine, application: str) -> None:
-        self.inner = _synthetic()
-        self.admin, self.application = admin, application
-        self.cuts = 0
-
-    def discover(self, now: datetime) -> Any:
-        if not self.cuts:
-            self.cuts += 1
-            with self.admin.begin() as connection:
-                connection.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = :name"
-                    ),
-                    {"name": self.application},
-                )
-        return self.inner.discover(now)
-
-    def fetch(self, keys: Any, now: datetime) -> FetchResult:
-        return self.inner.fetch(keys, now)
-
-
 def test_the_scheduler_outlives_a_lost_database_and_tries_the_tier_again(
-    postgres_database_url: str, tmp_path: Path
+    postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The second batch's connection is cut on every attempt (as while a database
+    restarts): the tier run ends with its first batch committed, and is tried again
+    DATABASE_RETRY_S later; the summary counts every committed check."""
     application = "smart-retention-scheduler-test"
     url = make_url(postgres_database_url)
     engine = make_engine(
@@ -306,18 +284,33 @@ def test_the_scheduler_outlives_a_lost_database_and_tries_the_tier_again(
         connect_args={"application_name": application, "options": url.query["options"]},
     )
     admin = make_engine(postgres_database_url)
+    claims: list[str] = []
+    real_execute = psycopg.Cursor.execute
+
+    def cut_second_batch(cursor: psycopg.Cursor, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(query).startswith("SELECT posts.channel_id"):  # a batch's claim
+            claims.append(str(query))
+            if 2 <= len(claims) < 2 + BATCH_ATTEMPTS:
+                with admin.begin() as connection:
+                    connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": application},
+                    )
+        return real_execute(cursor, query, *args, **kwargs)
+
     try:
         migrate.upgrade(engine)
-        with engine.connect() as connection:  # a pooled connection for the cut to end
-            connection.execute(text("SELECT 1"))
+        monkeypatch.setattr(psycopg.Cursor, "execute", cut_second_batch)
         stop = Event()
         clock = _Clock(stop, until_s=DATABASE_RETRY_S + 1)
         stop.wait = clock.wait  # type: ignore[method-assign]
         runs: list[tuple[str, float]] = []
-        source = _DatabaseCuttingSource(admin, application)
         scheduler = EmbeddedScheduler(
             engine,
-            source,
+            _synthetic(),
             batch_size=BATCH_SIZE,
             tiers=[tier for tier in DEFAULT_TIERS if tier.name == "daily"],
             stop=stop,
@@ -326,9 +319,12 @@ def test_the_scheduler_outlives_a_lost_database_and_tries_the_tier_again(
             on_run=lambda run: runs.append((run.tier, clock.now_s)),
         )
         summary = scheduler.run()
+        monkeypatch.undo()
         # The first run lost its connection and was tried again DATABASE_RETRY_S later.
         assert (summary.failed_runs, runs) == (1, [("daily", DATABASE_RETRY_S)])
-        assert _state(engine) == _reference_state(tmp_path, ["daily"])
+        state = _state(engine)
+        assert state == _reference_state(tmp_path, ["daily"])
+        assert summary.checks == sum(check.check_count for check in state[1])
     finally:
         engine.dispose()
         admin.dispose()

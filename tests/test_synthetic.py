@@ -1,7 +1,7 @@
 """The synthetic live source: deterministic, streamed, and usable by the real collector."""
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
 from pathlib import Path
 
@@ -256,3 +256,19 @@ def test_the_demo_refuses_a_model_too_large_to_run_in_one_line(
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "never.sqlite3").exists()
+
+
+def test_a_rejected_demo_leaves_the_last_demo_database_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_demo("--posts", "2", "--days", "1", "--json").exit_code == 0
+    kept = (tmp_path / "smart-retention-demo.sqlite3").read_bytes()
+    refused = run_demo("--channels", "11", "--posts-per-channel", "1000000")
+    assert refused.exit_code == 2
+    assert (tmp_path / "smart-retention-demo.sqlite3").read_bytes() == kept
+
+
+def test_a_synthetic_model_ending_past_the_year_9999_is_refused() -> None:
+    with pytest.raises(ValueError, match="plus 30 days is past the year 9999"):
+        SyntheticSource(1, 1, 30, start=datetime(9999, 12, 31, tzinfo=UTC))

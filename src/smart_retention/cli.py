@@ -33,7 +33,7 @@ from smart_retention.cleanup import (
 )
 from smart_retention.cli_telegram import channels_app, telegram_app
 from smart_retention.collector import BracketStats, CollectionStats, Collector
-from smart_retention.config import load_settings
+from smart_retention.config import chosen_database_url, load_settings
 from smart_retention.demo import ChannelModel, synthetic_recording
 from smart_retention.errors import (
     InvalidOption,
@@ -138,7 +138,7 @@ def _setup(
 def _engine(db: str | None, *, must_exist: bool = False) -> Engine:
     """The engine of --db or the setting. A SQLite path that is a folder is refused; with
     `must_exist`, so is one naming no file (connecting would create an empty database)."""
-    url = db or load_settings().database_url
+    url = chosen_database_url(db)
     check_sqlite_file(url, must_exist=must_exist)
     return make_engine(url)
 
@@ -324,9 +324,6 @@ def demo(
             param_hint="--posts",
         )
     with _user_errors():
-        if db is None:
-            Path(DEMO_DATABASE_FILE).unlink(missing_ok=True)
-            db = f"sqlite:///{DEMO_DATABASE_FILE}"
         if scaled:
             channels = channels or 1
             posts_per_channel = posts_per_channel or DEMO_MODEL.posts
@@ -336,6 +333,9 @@ def demo(
                 )
             except ValueError as error:
                 raise InvalidOption(f"demo: {error}") from None
+        # Only once the options are known to be good: the default demo file is recreated.
+        db = _recreated_demo_database() if db is None else chosen_database_url(db)
+        if scaled:
             report = _scaled_demo_with_progress(_engine(db), source, replace, quiet=as_json)
             title = (
                 f"demo: {_count(channels, 'channel')} x {_count(posts_per_channel, 'post')} "
@@ -398,6 +398,13 @@ def _scaled_demo_with_progress(
         task = bar.add_task("collect", total=1.0)
         update: Callable[[float], None] = lambda done: bar.update(task, completed=done)  # noqa: E731
         return _run_scaled_demo(engine, source, update)
+
+
+def _recreated_demo_database() -> str:
+    """The default demo database's URL, its file (and SQLite's WAL files) removed."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(DEMO_DATABASE_FILE + suffix).unlink(missing_ok=True)
+    return f"sqlite:///{DEMO_DATABASE_FILE}"
 
 
 def _count(number: int, noun: str) -> str:
@@ -717,7 +724,7 @@ def run(
         built = build_source(
             source or settings.source,
             "--source" if source else SOURCE_SETTING,
-            database_url=db or settings.database_url,
+            database_url=chosen_database_url(db),
         )
         engine = _engine(db)
         migrate.upgrade(engine)

@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from smart_retention.channels import ChannelRef, parse_channel_ref, peer_channel_id
-from smart_retention.config import load_settings
+from smart_retention.config import chosen_database_url, load_settings
 from smart_retention.errors import UserError
 from smart_retention.observation import utc_now
 from smart_retention.sources.telegram.client import (
@@ -97,7 +97,7 @@ def _engine(db: str | None, *, must_exist: bool = False) -> Engine:
     """The migrated engine of --db or the setting. With `must_exist`, a SQLite path
     naming no file is refused: listing or removing channels there would create an empty
     database (adding the first channel may)."""
-    url = db or load_settings().database_url
+    url = chosen_database_url(db)
     check_sqlite_file(url, must_exist=must_exist)
     engine = make_engine(url)
     migrate.upgrade(engine)
@@ -334,7 +334,7 @@ def list_tracked(
 ) -> None:
     """The tracked channels, with their posts and any rate-limit deferral."""
     with _user_errors():
-        url = db or load_settings().database_url
+        url = chosen_database_url(db)
         missing = sqlite_file(url)
         if missing is not None and not missing.exists():
             # Nothing is tracked in a database that is not there; listing creates none.

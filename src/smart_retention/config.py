@@ -6,6 +6,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from smart_retention.collector import DEFAULT_BATCH_SIZE
+from smart_retention.errors import UserError
 
 DEFAULT_DATABASE_URL = "sqlite:///smart-retention.sqlite3"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -166,3 +167,19 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+
+
+def chosen_database_url(db: str | None) -> str:
+    """The database of a command: its --db when given, else the setting.
+
+    An empty --db is refused rather than read as "not given": it would otherwise write
+    into the default database, which the user did not name.
+    """
+    if db is None:
+        return load_settings().database_url
+    if not db.strip():
+        raise UserError(
+            "--db is empty; give a database URL, or leave --db out to use "
+            "SMART_RETENTION_DATABASE_URL"
+        )
+    return db

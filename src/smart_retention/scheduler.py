@@ -280,6 +280,11 @@ def run_tier(
             summary.add(collect_slice(engine, source, slice_tier, now, batch_size, stop))
     except RunStopped:
         pass
+    except DBAPIError as error:
+        if not _database_unreachable(error):
+            raise
+        summary.seconds = time.perf_counter() - started
+        raise TierRunCutShort(summary, error) from error
     if stop is not None and stop.is_set():
         summary.status = RunStatus.STOPPED
     summary.seconds = time.perf_counter() - started
@@ -302,12 +307,16 @@ class SchedulerSummary:
     by_tier: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
-    def add(self, run: TierRunSummary) -> None:
-        self.runs += 1
+    def add(self, run: TierRunSummary, *, cut_short: bool = False) -> None:
+        """Count `run`'s committed checks; a run cut short is not counted as a run."""
+        if cut_short:
+            self.failed_runs += 1
+        else:
+            self.runs += 1
+            self.by_tier[run.tier] = self.by_tier.get(run.tier, 0) + 1
         self.checks += run.checks
         self.saved += run.saved
         self.rejected += run.rejected
-        self.by_tier[run.tier] = self.by_tier.get(run.tier, 0) + 1
         self.messages.extend(run.messages[: REJECTIONS_KEPT - len(self.messages)])
 
 
@@ -359,18 +368,20 @@ class EmbeddedScheduler:
                         self.batch_size,
                         self.stop,
                     )
-                except DBAPIError as error:
-                    if once or not _database_unreachable(error):
-                        raise
-                    # A daemon outlives a database restart: what was committed stays, the
-                    # tier's posts are still due, and the tier is tried again shortly.
+                except TierRunCutShort as cut:
+                    if once:
+                        raise cut.error from None
+                    # A daemon outlives a database restart: what was committed stays (and
+                    # is counted), the tier's posts are still due, and the tier is tried
+                    # again shortly.
                     log.warning(
-                        "smart-run.tier_failed tier=%s retry_in_s=%.0f error=%r",
+                        "smart-run.tier_failed tier=%s checks=%d retry_in_s=%.0f error=%r",
                         tier.name,
+                        cut.summary.checks,
                         DATABASE_RETRY_S,
-                        str(error.orig).strip(),
+                        str(cut.error.orig).strip(),
                     )
-                    summary.failed_runs += 1
+                    summary.add(cut.summary, cut_short=True)
                     deadlines[tier.name] = self.monotonic() + DATABASE_RETRY_S
                     continue
                 summary.add(run)
@@ -395,6 +406,15 @@ class EmbeddedScheduler:
             summary.seconds,
         )
         return summary
+
+
+class TierRunCutShort(Exception):
+    """A tier run ended by a lost or unreachable database, with what it committed."""
+
+    def __init__(self, summary: TierRunSummary, error: DBAPIError) -> None:
+        super().__init__(str(error))
+        self.summary = summary
+        self.error = error
 
 
 def _database_unreachable(error: DBAPIError) -> bool:

@@ -43,11 +43,9 @@ def create_app(
     """The API on `engine` (or on settings.database_url, disposed at shutdown)."""
     settings = settings or load_settings()
     owns_engine = engine is None
-    # Pre-ping: a pooled connection the server dropped (a restart, a failover) is
-    # replaced at checkout instead of failing the request that drew it.
-    database = (
-        engine if engine is not None else make_engine(settings.database_url, pool_pre_ping=True)
-    )
+    # make_engine pre-pings on PostgreSQL: a connection the server dropped is replaced at
+    # checkout instead of failing the request that drew it.
+    database = engine if engine is not None else make_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -126,7 +126,12 @@ class SyntheticSource:
         self.total_posts = channels * posts_per_channel
         self.seed = seed
         self.start = start.astimezone(UTC)
-        self.end = self.start + timedelta(days=days)
+        try:
+            self.end = self.start + timedelta(days=days)
+        except OverflowError:
+            raise ValueError(
+                f"start {self.start.isoformat()} plus {days:g} days is past the year 9999"
+            ) from None
         self.first_channel_id = first_channel_id
         self.changed_fraction = changed_fraction
         self._seed_hash = _mix(seed)

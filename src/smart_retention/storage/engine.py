@@ -44,7 +44,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             "PostgreSQL is reached through psycopg 3 (postgresql:// or postgresql+psycopg://)"
         )
     if parsed.get_backend_name() == "postgresql":
+        if not parsed.database:
+            # libpq would fall back to a database named after the user (often the
+            # server's own `postgres`), and the schema would be created there.
+            raise UserError(
+                f"database URL {display_url(parsed)} names no database; end it with "
+                "/DBNAME (e.g. postgresql://user@host:5432/metrics)"
+            )
         parsed = _in_utc(parsed)
+        # A pooled connection the server dropped (a restart, a failover) is replaced at
+        # checkout, not handed to the next batch or request: one round trip per checkout.
+        kwargs.setdefault("pool_pre_ping", True)
     engine = create_engine(parsed, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
