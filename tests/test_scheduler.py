@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -25,7 +25,7 @@ from smart_retention import cli
 from smart_retention.collector import BATCH_ATTEMPTS, Collector
 from smart_retention.errors import UserError
 from smart_retention.observation import PostKey
-from smart_retention.schedule import DEFAULT_TIERS
+from smart_retention.schedule import DEFAULT_TIERS, Tier
 from smart_retention.scheduler import (
     DATABASE_RETRY_S,
     EmbeddedScheduler,
@@ -244,19 +244,34 @@ class _Clock:
         return self.stop.is_set()
 
 
-def test_the_embedded_scheduler_runs_each_tier_at_its_interval(engine: Engine) -> None:
+def _on_a_fake_clock(
+    engine: Engine,
+    until_s: float,
+    wall_clock: Callable[[float], datetime],
+    tiers: Sequence[Tier] = DEFAULT_TIERS,
+) -> tuple[EmbeddedScheduler, _Clock, list[tuple[str, float]]]:
+    """A scheduler of the synthetic source on a clock that moves only when it waits, and
+    the (tier, seconds) of each run it makes, until `until_s`."""
     stop = Event()
-    clock = _Clock(stop, until_s=3600)
+    clock = _Clock(stop, until_s=until_s)
     stop.wait = clock.wait  # type: ignore[method-assign]
     runs: list[tuple[str, float]] = []
     scheduler = EmbeddedScheduler(
         engine,
         _synthetic(),
         batch_size=BATCH_SIZE,
+        tiers=tiers,
         stop=stop,
         monotonic=clock.monotonic,
-        wall_clock=lambda: NOW + timedelta(seconds=clock.now_s),
+        wall_clock=lambda: wall_clock(clock.now_s),
         on_run=lambda run: runs.append((run.tier, clock.now_s)),
+    )
+    return scheduler, clock, runs
+
+
+def test_the_embedded_scheduler_runs_each_tier_at_its_interval(engine: Engine) -> None:
+    scheduler, clock, runs = _on_a_fake_clock(
+        engine, until_s=3600, wall_clock=lambda seconds: NOW + timedelta(seconds=seconds)
     )
     summary = scheduler.run()
 
@@ -304,19 +319,11 @@ def test_the_scheduler_outlives_a_lost_database_and_tries_the_tier_again(
     try:
         migrate.upgrade(engine)
         monkeypatch.setattr(psycopg.Cursor, "execute", cut_second_batch)
-        stop = Event()
-        clock = _Clock(stop, until_s=DATABASE_RETRY_S + 1)
-        stop.wait = clock.wait  # type: ignore[method-assign]
-        runs: list[tuple[str, float]] = []
-        scheduler = EmbeddedScheduler(
+        scheduler, _, runs = _on_a_fake_clock(
             engine,
-            _synthetic(),
-            batch_size=BATCH_SIZE,
+            until_s=DATABASE_RETRY_S + 1,
+            wall_clock=lambda _seconds: NOW,
             tiers=[tier for tier in DEFAULT_TIERS if tier.name == "daily"],
-            stop=stop,
-            monotonic=clock.monotonic,
-            wall_clock=lambda: NOW,
-            on_run=lambda run: runs.append((run.tier, clock.now_s)),
         )
         summary = scheduler.run()
         monkeypatch.undo()
