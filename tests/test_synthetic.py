@@ -212,7 +212,9 @@ def test_the_scaled_demo_polls_the_synthetic_source_and_reports_what_it_stored(
     second = run_demo(*options, "--db", url, "--replace")
 
     assert refused.exit_code == 2
-    assert "already holds posts of the demo's channel(s) 2000001, 2000002" in refused.output
+    assert (
+        "already holds posts of channel(s) 2000001, 2000002; use another database" in refused.output
+    )
 
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)

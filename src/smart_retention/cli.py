@@ -35,12 +35,7 @@ from smart_retention.cli_telegram import channels_app, telegram_app
 from smart_retention.collector import BracketStats, CollectionStats, Collector
 from smart_retention.config import chosen_database_url, load_settings
 from smart_retention.demo import ChannelModel, synthetic_recording
-from smart_retention.errors import (
-    InvalidOption,
-    ReplayTargetNotEmpty,
-    StrictModeRejection,
-    UserError,
-)
+from smart_retention.errors import InvalidOption, StrictModeRejection, UserError
 from smart_retention.importer import DEFAULT_BATCH_SIZE as IMPORT_BATCH_SIZE
 from smart_retention.importer import ImportReport, PostedAt, run_import
 from smart_retention.policy import Profile
@@ -51,6 +46,7 @@ from smart_retention.replay import (
     _bracket_figures,
     _reduction_pct,
     align_to_tick,
+    prepare_target,
     run_replay,
 )
 from smart_retention.sources import synthetic
@@ -60,7 +56,7 @@ from smart_retention.sources.recording import (
     read_recording_first_seen,
 )
 from smart_retention.sources.synthetic import SyntheticSource
-from smart_retention.storage import migrate, repository
+from smart_retention.storage import migrate
 from smart_retention.storage.engine import check_sqlite_file, display_url, make_engine
 
 app = typer.Typer(
@@ -376,15 +372,7 @@ def _scaled_demo_with_progress(
     engine: Engine, source: SyntheticSource, replace: bool, quiet: bool
 ) -> ReplayReport:
     migrate.upgrade(engine)
-    with engine.begin() as connection:
-        present = repository.channel_ids_present(connection, source.channel_ids)
-        if present and not replace:
-            raise ReplayTargetNotEmpty(
-                f"the database already holds posts of the demo's channel(s) "
-                f"{_id_list(present)}; use another database, or pass --replace to delete "
-                "those channels first"
-            )
-        repository.delete_channels(connection, present)
+    prepare_target(engine, source.channel_ids, replace)
     if quiet or not err_console.is_terminal:
         return _run_scaled_demo(engine, source, None)
     with Progress(
@@ -409,11 +397,6 @@ def _recreated_demo_database() -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
-
-
-def _id_list(ids: list[int], shown: int = 5) -> str:
-    listed = ", ".join(map(str, ids[:shown]))
-    return listed if len(ids) <= shown else f"{listed} and {len(ids) - shown:,} more"
 
 
 def _run_scaled_demo(

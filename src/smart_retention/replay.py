@@ -12,7 +12,7 @@ from the stored series (the last stored snapshot) at that moment.
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,7 +84,7 @@ def run_replay(
     progress: ProgressCallback | None = None,
 ) -> ReplayReport:
     started = time.perf_counter()
-    _prepare_target(engine, recording, options.replace)
+    prepare_target(engine, recording.channel_ids, options.replace)
     tiers = options.tiers
     if options.max_age is not None:
         try:
@@ -116,13 +116,20 @@ def run_replay(
     return report
 
 
-def _prepare_target(engine: Engine, recording: Recording, replace: bool) -> None:
+def prepare_target(
+    engine: Engine, channel_ids: Iterable[int], replace: bool, shown: int = 5
+) -> None:
+    """Make room for a replay (or the demo) of `channel_ids`: refuse a database that
+    already holds posts of them, or with `replace` delete those channels first."""
     with engine.begin() as connection:
-        present = repository.channel_ids_present(connection, recording.channel_ids)
+        present = repository.channel_ids_present(connection, channel_ids)
         if present and not replace:
+            listed = ", ".join(map(str, present[:shown]))
+            if len(present) > shown:
+                listed += f" and {len(present) - shown:,} more"
             raise ReplayTargetNotEmpty(
-                f"the database already holds posts of channel(s) {', '.join(map(str, present))}; "
-                "replay into an empty database, or pass --replace to delete those channels first"
+                f"the database already holds posts of channel(s) {listed}; use another "
+                "database, or pass --replace to delete those channels first"
             )
         repository.delete_channels(connection, present)
 

@@ -7,7 +7,6 @@ rows; on PostgreSQL one COPY of the check rows into a staging table and one stat
 that inserts the snapshots and merges the check rows. None of them commits.
 """
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +23,9 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
-    Text,
     and_,
     bindparam,
     case,
-    cast,
     func,
     or_,
     select,
@@ -473,7 +470,7 @@ def insert_snapshots(connection: Connection, rows: Sequence[dict[str, Any]]) -> 
     if connection.dialect.name == "postgresql":
         _copy_rows(connection, post_metrics.name, post_metrics, rows)
     else:
-        connection.execute(_insert_statement(connection.dialect.name, False), list(rows))
+        connection.execute(_insert_statement(connection.dialect.name), list(rows))
 
 
 def write_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -499,8 +496,8 @@ def write_checks(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
         return
     snapshots = [_stored_snapshot(row) for row in rows if row["save_count"]]
     if snapshots:
-        connection.execute(_insert_statement(connection.dialect.name, False), snapshots)
-    connection.execute(_upsert_checks_statement(connection.dialect.name, False), list(rows))
+        connection.execute(_insert_statement(connection.dialect.name), snapshots)
+    connection.execute(_upsert_checks_statement(connection.dialect.name), list(rows))
 
 
 def _stored_snapshot(check_row: Mapping[str, Any]) -> dict[str, Any]:
@@ -606,29 +603,22 @@ def _execute_rows(
     """
     if connection.dialect.name == "postgresql":
         columns = {column.name: [row[column.name] for row in rows] for column in table.columns}
-        for name in _JSON_COLUMNS.get(table.name, ()):
-            columns[name] = [None if v is None else json.dumps(v) for v in columns[name]]
         connection.execute(statement_for("postgresql", True), columns)
     else:
         connection.execute(statement_for(connection.dialect.name, False), list(rows))
 
 
-# JSON travels as text inside the arrays and is cast back in SQL.
-_JSON_COLUMNS = {"post_metrics_checks": ("policy_state",)}
-
-
 def _unnest_rows(table: Table) -> Select[Any]:
     """SELECT that turns one array parameter per column into rows (PostgreSQL)."""
-    json_columns = _JSON_COLUMNS.get(table.name, ())
-    selected = []
-    for column in table.columns:
-        if column.name in json_columns:
-            array = bindparam(column.name, type_=postgresql.ARRAY(Text))
-            selected.append(cast(func.unnest(array), column.type).label(column.name))
-        else:
-            array = bindparam(column.name, type_=postgresql.ARRAY(column.type))
-            selected.append(type_coerce(func.unnest(array), column.type).label(column.name))
-    return select(*selected)
+    return select(
+        *(
+            type_coerce(
+                func.unnest(bindparam(column.name, type_=postgresql.ARRAY(column.type))),
+                column.type,
+            ).label(column.name)
+            for column in table.columns
+        )
+    )
 
 
 def _insert_into(table: Table, dialect_name: str, arrays: bool) -> Insert:
@@ -643,14 +633,16 @@ def _register_posts_statement(dialect_name: str, arrays: bool) -> Insert:
     return _insert_into(posts, dialect_name, arrays).on_conflict_do_nothing()
 
 
+# Snapshot inserts and check-row upserts as multi-row executemany: the SQLite path
+# (PostgreSQL takes these rows by COPY).
 @lru_cache(maxsize=8)
-def _insert_statement(dialect_name: str, arrays: bool) -> Insert:
-    return _insert_into(post_metrics, dialect_name, arrays)
+def _insert_statement(dialect_name: str) -> Insert:
+    return _DIALECT_INSERTS[dialect_name](post_metrics)
 
 
 @lru_cache(maxsize=8)
-def _upsert_checks_statement(dialect_name: str, arrays: bool) -> Insert:
-    return _add_counts_on_conflict(_insert_into(post_metrics_checks, dialect_name, arrays))
+def _upsert_checks_statement(dialect_name: str) -> Insert:
+    return _add_counts_on_conflict(_DIALECT_INSERTS[dialect_name](post_metrics_checks))
 
 
 def _add_counts_on_conflict(statement: Any) -> Insert:
